@@ -1,3 +1,26 @@
-"""clockwork: the Clockwork VAE as composable JAX/Flax components."""
+"""clockwork: the Clockwork VAE as composable JAX/Flax components.
+
+Import the whole model (:class:`CWVAE`) or any piece of it: cells
+(:mod:`clockwork.cells`), the clock and hierarchy (:mod:`clockwork.hierarchy`), the conv
+networks (:mod:`clockwork.nets`) and the losses (:mod:`clockwork.losses`).
+"""
+
+from clockwork.cells import GRUCell, RSSMCell
+from clockwork.config import PRESETS, CWVAEConfig
+from clockwork.hierarchy import Clock, Hierarchy
+from clockwork.model import CWVAE
+from clockwork.nets import ConvDecoder, ConvEncoder
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CWVAE",
+    "PRESETS",
+    "Clock",
+    "ConvDecoder",
+    "ConvEncoder",
+    "CWVAEConfig",
+    "GRUCell",
+    "Hierarchy",
+    "RSSMCell",
+]

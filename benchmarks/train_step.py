@@ -1,0 +1,113 @@
+"""Time one CW-VAE training step on this machine; run by hand, never as a test.
+
+    .venv/bin/python benchmarks/train_step.py --preset mmnist --batch 8 --seq-len 100
+
+Prints the median seconds per step after warm-up, compile seconds, peak RSS, the step's
+FLOPs from XLA's cost analysis, the achieved FLOP/s, the FLOP/s of a large float32 matmul
+measured in the same process, and their ratio (MFU); the last line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from clockwork import CWVAE, CWVAEConfig
+from clockwork.training import init_train_state, make_optimizer, make_train_step
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a jitted ``n x n`` float32 matmul (median of ``repeats``)."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="mmnist", choices=["mmnist", "mazes", "minerl"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. levels=2 (values parsed as JSON)")
+    args = parser.parse_args()
+
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = CWVAEConfig.preset(args.preset, batch_size=args.batch, seq_len=args.seq_len, **overrides)
+    model = CWVAE(cfg, rngs=nnx.Rngs(0))
+    opt = make_optimizer(cfg)
+    graphdef, state = init_train_state(model, opt, jax.random.key(0))
+    del model
+    step = make_train_step(graphdef, opt)
+    rng = np.random.default_rng(0)
+    frames = jnp.asarray(
+        rng.integers(0, 256, (args.batch, args.seq_len, 64, 64, cfg.channels), dtype=np.uint8)
+    )
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, frames).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
+
+    state, metrics = compiled(state, frames)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, frames)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    peak = peak_rss_gib()
+    matmul = matmul_flops_per_s()
+    achieved = flops / step_s
+    figures = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "overrides": overrides,
+        "step_s_median": round(step_s, 4),
+        "step_s_all": [round(t, 4) for t in times],
+        "compile_s": round(compile_s, 2),
+        "peak_rss_gib": round(peak, 3),
+        "flops_per_step": flops,
+        "achieved_flops_per_s": achieved,
+        "matmul_flops_per_s": matmul,
+        "mfu": achieved / matmul,
+        "loss": float(metrics["loss"]),
+        "jax": jax.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    print(f"{args.preset} batch {args.batch} x {args.seq_len} frames: "
+          f"{step_s:.3f} s/step (median of {args.steps}), compile {compile_s:.1f} s, "
+          f"peak RSS {peak:.2f} GiB")
+    print(f"step FLOPs {flops / 1e9:.1f} G, achieved {achieved / 1e9:.1f} GFLOP/s, "
+          f"matmul {matmul / 1e9:.1f} GFLOP/s, MFU {achieved / matmul:.1%}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

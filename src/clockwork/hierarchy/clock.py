@@ -1,0 +1,116 @@
+"""The clock of a temporal hierarchy: which level ticks when (SPEC section 1).
+
+Level ``l`` ticks once every ``P_l`` frames, with ``P_0 = 1`` and
+``P_l = k_1 * ... * k_l`` for the factors ``(k_1, ..., k_{L-1})``, one per level
+boundary. All methods are pure functions of static integers and arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def _check_factor(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clock:
+    """Per-level periods for temporal factors ``(k_1, ..., k_{L-1})``.
+
+    >>> clock = Clock((2, 3))
+    >>> clock.periods
+    (1, 2, 6)
+    >>> clock.num_steps(13)
+    (13, 7, 3)
+    """
+
+    factors: tuple[int, ...]
+
+    def __init__(self, factors: Sequence[int]):
+        if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+            raise TypeError(f"factors must be a sequence of integers, got {factors!r}")
+        checked = tuple(_check_factor(f"factors[{i}]", k) for i, k in enumerate(factors))
+        object.__setattr__(self, "factors", checked)
+
+    @classmethod
+    def uniform(cls, levels: int, k: int) -> Clock:
+        """The paper's clock: ``levels`` levels with the same factor ``k``."""
+        levels = _check_factor("levels", levels)
+        return cls((_check_factor("k", k),) * (levels - 1))
+
+    @property
+    def levels(self) -> int:
+        return len(self.factors) + 1
+
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """``P_l`` for every level, fastest first."""
+        out = [1]
+        for k in self.factors:
+            out.append(out[-1] * k)
+        return tuple(out)
+
+    def num_steps(self, frames: int) -> tuple[int, ...]:
+        """``ceil(frames / P_l)`` for every level."""
+        frames = _check_factor("frames", frames)
+        return tuple(math.ceil(frames / p) for p in self.periods)
+
+    def merge(self, x: jax.Array, level: int) -> jax.Array:
+        """Sum consecutive blocks of ``P_level`` frames (zero-padding the end).
+
+        Args:
+          x: ``(B, T, ...)`` per-frame features.
+          level: which level's period to merge to.
+        Returns:
+          ``(B, ceil(T / P_level), ...)``.
+        """
+        period = self.periods[self._level(level)]
+        if period == 1:
+            return x
+        b, t = x.shape[:2]
+        steps = -(-t // period)
+        pad = steps * period - t
+        if pad:
+            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, steps, period, *x.shape[2:]).sum(axis=2)
+
+    def tile(self, x: jax.Array, level: int, steps: int) -> jax.Array:
+        """Repeat level ``level``'s outputs ``k_level`` times along time, cut to ``steps``.
+
+        This turns level ``level``'s per-step outputs into the context of level
+        ``level - 1``: step ``t`` of the lower level reads step ``t // k_level``.
+
+        Args:
+          x: ``(B, N, ...)`` outputs of level ``level`` (``level >= 1``).
+          level: the upper level.
+          steps: number of steps of level ``level - 1``; at most ``N * k_level``.
+        Returns:
+          ``(B, steps, ...)``.
+        """
+        level = self._level(level)
+        if level == 0:
+            raise ValueError("tile goes from a level to the one below it; level must be >= 1")
+        k = self.factors[level - 1]
+        if steps > x.shape[1] * k:
+            raise ValueError(
+                f"cannot tile {x.shape[1]} steps of level {level} (factor {k}) to {steps} steps"
+            )
+        return jnp.repeat(x, k, axis=1, total_repeat_length=x.shape[1] * k)[:, :steps]
+
+    def _level(self, level: int) -> int:
+        if isinstance(level, bool) or not isinstance(level, numbers.Integral):
+            raise TypeError(f"level must be an integer, got {level!r}")
+        if not 0 <= level < self.levels:
+            raise ValueError(f"level must be in [0, {self.levels}), got {level}")
+        return int(level)

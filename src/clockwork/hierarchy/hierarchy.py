@@ -1,0 +1,222 @@
+"""The top-down unroll of a stack of cells on a clock (SPEC sections 4 and 8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clockwork.cells.base import Cell, unroll
+from clockwork.hierarchy.clock import Clock
+
+UseObs = bool | str | Sequence[bool]
+
+
+class Rollout(NamedTuple):
+    """One unroll of every level, fastest level first.
+
+    ``last``: each level's state after its last step, ``(B, ...)`` leaves.
+    ``priors``, ``posteriors``: each level's stacked states, ``(B, N_l, ...)`` leaves.
+    """
+
+    last: tuple[Any, ...]
+    priors: tuple[Any, ...]
+    posteriors: tuple[Any, ...]
+
+
+def parse_use_obs(use_obs: UseObs, levels: int) -> tuple[bool, ...]:
+    """Per-level observation flags, fastest level first.
+
+    ``True``/``False`` applies to every level; a string such as ``"TTF"`` or a sequence of
+    bools gives one flag per level (``"TTF"`` skips the top level's observations).
+    """
+    if isinstance(use_obs, bool):
+        return (use_obs,) * levels
+    if isinstance(use_obs, str):
+        if len(use_obs) != levels or set(use_obs) - {"T", "F"}:
+            raise ValueError(
+                f"use_obs must be {levels} letters T or F (one per level), got {use_obs!r}"
+            )
+        return tuple(c == "T" for c in use_obs)
+    flags = tuple(use_obs)
+    if len(flags) != levels or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"use_obs must hold {levels} bools (one per level), got {use_obs!r}")
+    return flags
+
+
+class Hierarchy(nnx.Module):
+    """Cells on a clock, unrolled top-down.
+
+    Level ``L-1`` reads zero context; the posterior features of level ``l`` are repeated
+    ``k_l`` times along time and become the context of level ``l-1``. Embeddings come from
+    any encoder: level ``l`` reads ``(B, ceil(T / P_l), embed_size_l)``.
+
+    Args:
+      cells: one cell per level, fastest first; cell classes and sizes may differ.
+      clock: the levels' periods; ``clock.levels == len(cells)``.
+      action_size: size of optional actions concatenated to level 0's context.
+    """
+
+    def __init__(self, cells: Sequence[Cell], clock: Clock, *, action_size: int = 0):
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
+        if len(cells) != clock.levels:
+            raise ValueError(
+                f"{len(cells)} cells for a clock of {clock.levels} levels "
+                f"(factors {clock.factors}); give one cell per level"
+            )
+        for level, cell in enumerate(cells):
+            if not isinstance(cell, Cell):
+                raise TypeError(f"cells[{level}] does not follow the Cell protocol")
+            if level + 1 < len(cells):
+                want = cells[level + 1].feature_size + (action_size if level == 0 else 0)
+                if cell.context_size != want:
+                    raise ValueError(
+                        f"cells[{level}].context_size is {cell.context_size}, but the level "
+                        f"above emits features of size {cells[level + 1].feature_size}"
+                        + (f" plus {action_size} action dims" if level == 0 and action_size else "")
+                    )
+        if len(cells) == 1 and action_size and cells[0].context_size != action_size:
+            raise ValueError(
+                f"a one-level hierarchy with actions needs context_size {action_size}"
+            )
+        self.cells = nnx.List(cells)
+        self.clock = clock
+        self.action_size = action_size
+
+    @property
+    def levels(self) -> int:
+        return self.clock.levels
+
+    def initial_state(self, batch_size: int) -> tuple[Any, ...]:
+        return tuple(cell.initial_state(batch_size) for cell in self.cells)
+
+    def observe(
+        self,
+        embeds: Sequence[jax.Array],
+        key: jax.Array,
+        *,
+        use_obs: UseObs = True,
+        initial: Sequence[Any] | None = None,
+        actions: jax.Array | None = None,
+    ) -> Rollout:
+        """Posterior unroll over ``T`` frames.
+
+        Args:
+          embeds: per level ``(B, ceil(T / P_l), embed_size_l)``; ``T`` is level 0's length.
+          key: PRNG key.
+          use_obs: per-level observation flags (see :func:`parse_use_obs`).
+          initial: per-level initial states (zeros when ``None``).
+          actions: ``(B, T, action_size)``, concatenated to level 0's context.
+        """
+        if len(embeds) != self.levels:
+            raise ValueError(f"expected {self.levels} embeddings (one per level), got {len(embeds)}")
+        frames = embeds[0].shape[1]
+        steps = self.clock.num_steps(frames) if frames else (0,) * self.levels
+        for level, (e, n) in enumerate(zip(embeds, steps)):
+            want = (embeds[0].shape[0], n, self.cells[level].embed_size)
+            if e.ndim != 3 or e.shape != want:
+                raise ValueError(f"embeds[{level}] has shape {e.shape}, expected {want}")
+        flags = parse_use_obs(use_obs, self.levels)
+        return self._unroll(list(embeds), steps, flags, key, initial, actions, embeds[0].shape[0])
+
+    def imagine(
+        self,
+        initial: Sequence[Any],
+        frames: int,
+        key: jax.Array,
+        *,
+        actions: jax.Array | None = None,
+    ) -> Rollout:
+        """Prior-only continuation for ``frames`` frames from per-level states ``initial``.
+
+        Level ``l`` takes ``ceil(frames / P_l)`` steps; features of the level above are
+        its prior samples. Callers continuing an observed rollout should start it on a
+        multiple of the top period (as :meth:`open_loop` does).
+        """
+        if len(initial) != self.levels:
+            raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
+        steps = self.clock.num_steps(frames) if frames else (0,) * self.levels
+        batch = jax.tree.leaves(initial[0])[0].shape[0]
+        return self._unroll(
+            [None] * self.levels, steps, (False,) * self.levels, key, initial, actions, batch
+        )
+
+    def open_loop(
+        self,
+        embeds: Sequence[jax.Array],
+        horizon: int,
+        key: jax.Array,
+        *,
+        use_obs: UseObs = True,
+        actions: jax.Array | None = None,
+    ) -> tuple[Rollout, Rollout]:
+        """Observe a context, then imagine ``horizon`` frames from its last states.
+
+        Args:
+          embeds: per level ``(B, ctx / P_l, embed_size_l)`` for a context of ``ctx``
+            frames, a multiple of the top period.
+          horizon: frames to predict after the context.
+          actions: ``(B, ctx + horizon, action_size)`` when the hierarchy takes actions.
+        Returns:
+          The observed and the imagined rollouts; level 0's imagined priors hold one
+          state per predicted frame.
+        """
+        ctx = embeds[0].shape[1]
+        top = self.clock.periods[-1]
+        if ctx % top:
+            raise ValueError(f"context of {ctx} frames is not a multiple of the top period {top}")
+        obs_actions = img_actions = None
+        if actions is not None:
+            obs_actions, img_actions = actions[:, :ctx], actions[:, ctx:]
+        k_obs, k_img = jax.random.split(key)
+        seen = self.observe(embeds, k_obs, use_obs=use_obs, actions=obs_actions)
+        return seen, self.imagine(seen.last, horizon, k_img, actions=img_actions)
+
+    def _unroll(
+        self,
+        embeds: list[jax.Array | None],
+        steps: tuple[int, ...],
+        use_obs: tuple[bool, ...],
+        key: jax.Array,
+        initial: Sequence[Any] | None,
+        actions: jax.Array | None,
+        batch: int,
+    ) -> Rollout:
+        if initial is None:
+            initial = self.initial_state(batch)
+        elif len(initial) != self.levels:
+            raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
+        if (actions is None) != (self.action_size == 0):
+            raise ValueError(
+                "actions must be given exactly when the hierarchy was built with action_size > 0"
+            )
+        if actions is not None and actions.shape != (batch, steps[0], self.action_size):
+            raise ValueError(
+                f"actions have shape {actions.shape}, expected {(batch, steps[0], self.action_size)}"
+            )
+        keys = jax.random.split(key, self.levels)
+        top = self.cells[-1]
+        top_ctx = top.context_size - (self.action_size if self.levels == 1 else 0)
+        dtype = jnp.float32 if embeds[-1] is None else embeds[-1].dtype
+        context = jnp.zeros((batch, steps[-1], top_ctx), dtype)
+        last, priors, posts = [None] * self.levels, [None] * self.levels, [None] * self.levels
+        for level in reversed(range(self.levels)):
+            if level == 0 and actions is not None:
+                context = jnp.concatenate([context, actions.astype(context.dtype)], axis=-1)
+            state, out = unroll(
+                self.cells[level],
+                initial[level],
+                embeds[level],
+                context,
+                keys[level],
+                use_obs=use_obs[level],
+            )
+            last[level], priors[level], posts[level] = state, out.prior, out.posterior
+            if level:
+                context = self.clock.tile(out.posterior.feature, level, steps[level - 1])
+        return Rollout(tuple(last), tuple(priors), tuple(posts))
+

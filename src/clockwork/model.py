@@ -1,0 +1,158 @@
+"""``CWVAE``: conv encoder, hierarchy of cells and conv decoder, with its loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clockwork.cells import GRUCell, RSSMCell
+from clockwork.config import CWVAEConfig
+from clockwork.hierarchy import Hierarchy, parse_use_obs
+from clockwork.hierarchy.hierarchy import Rollout, UseObs
+from clockwork.losses import elbo_loss
+from clockwork.nets import FRAME_SIZE, ConvDecoder, ConvEncoder
+
+
+def build_cells(config: CWVAEConfig, embed_size: int, rngs: nnx.Rngs) -> list:
+    """One cell per level from the config's per-level fields."""
+    kinds = config.per_level("cell")
+    stoch, det, hidden = (config.per_level(n) for n in ("stoch_size", "det_size", "hidden_size"))
+
+    def feature(level: int) -> int:
+        return det[level] + (stoch[level] if kinds[level] == "rssm" else 0)
+
+    cells = []
+    for level in range(config.levels):
+        top = level + 1 == config.levels
+        context = feature(level) if top else feature(level + 1)
+        if level == 0:
+            context += config.action_size
+        if kinds[level] == "rssm":
+            cell = RSSMCell(
+                embed_size, context, stoch_size=stoch[level], det_size=det[level],
+                hidden_size=hidden[level], min_stddev=config.min_stddev,
+                stddev_shift=config.stddev_shift, rngs=rngs,
+            )
+        else:
+            cell = GRUCell(embed_size, context, det_size=det[level], hidden_size=hidden[level],
+                           rngs=rngs)
+        cells.append(cell)
+    return cells
+
+
+class CWVAE(nnx.Module):
+    """The Clockwork VAE of SPEC.md.
+
+    >>> model = CWVAE(CWVAEConfig.preset("mmnist", levels=2, temporal_factor=2), rngs=nnx.Rngs(0))
+    >>> frames = jnp.zeros((1, 4, 64, 64, 1))
+    >>> loss, metrics = model.loss(frames, jax.random.key(0))
+    >>> model.open_loop(frames, 2, jax.random.key(1)).shape
+    (1, 2, 64, 64, 1)
+    """
+
+    def __init__(self, config: CWVAEConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, CWVAEConfig):
+            raise TypeError(f"config must be a CWVAEConfig, got {type(config).__name__}")
+        self.config = config
+        clock = config.clock
+        self.encoder = ConvEncoder(
+            clock, channels=config.channels, channel_mult=config.channel_mult,
+            filters=config.filters, dense_layers=config.enc_dense_layers,
+            dense_embed_size=config.enc_dense_embed_size, rngs=rngs,
+        )
+        cells = build_cells(config, self.encoder.embed_size, rngs)
+        self.hierarchy = Hierarchy(cells, clock, action_size=config.action_size)
+        self.decoder = ConvDecoder(
+            cells[0].feature_size, channels=config.channels, channel_mult=config.channel_mult,
+            filters=config.filters, rngs=rngs,
+        )
+
+    def check_frames(self, frames: jax.Array, name: str = "frames") -> None:
+        """Raise unless ``frames`` is a float array ``(B, T, 64, 64, C)`` with this C."""
+        shape = getattr(frames, "shape", None)
+        c = self.config.channels
+        if shape is None or len(shape) != 5 or tuple(shape[2:]) != (FRAME_SIZE, FRAME_SIZE, c):
+            raise ValueError(f"{name} must have shape (B, T, 64, 64, {c}), got {shape}")
+        if not jnp.issubdtype(frames.dtype, jnp.floating):
+            raise TypeError(
+                f"{name} must be floats in [0, 1], got dtype {frames.dtype} "
+                "(convert uint8 video with x.astype(float32) / 255)"
+            )
+
+    def _check_actions(self, actions: jax.Array | None, batch: int, frames: int) -> None:
+        if self.config.action_size and actions is None:
+            raise ValueError(f"this model takes actions of size {self.config.action_size}")
+        if actions is not None and actions.shape != (batch, frames, self.config.action_size):
+            raise ValueError(
+                f"actions must have shape {(batch, frames, self.config.action_size)}, "
+                f"got {actions.shape}"
+            )
+
+    def observe(
+        self,
+        frames: jax.Array,
+        key: jax.Array,
+        *,
+        use_obs: UseObs = True,
+        actions: jax.Array | None = None,
+    ) -> Rollout:
+        """Encode ``(B, T, 64, 64, C)`` frames and unroll the posterior."""
+        self.check_frames(frames)
+        self._check_actions(actions, frames.shape[0], frames.shape[1])
+        return self.hierarchy.observe(self.encoder(frames), key, use_obs=use_obs, actions=actions)
+
+    def loss(
+        self, frames: jax.Array, key: jax.Array, *, actions: jax.Array | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Negative ELBO per frame (SPEC section 6) and its metrics.
+
+        Args:
+          frames: ``(B, T, 64, 64, C)`` floats in ``[0, 1]``.
+          key: PRNG key for the posterior samples.
+          actions: ``(B, T, action_size)`` when the model takes actions.
+        """
+        rollout = self.observe(frames, key, actions=actions)
+        recon = self.decoder(rollout.posteriors[0].feature)
+        cfg = self.config
+        return elbo_loss(
+            frames, recon, rollout.posteriors, rollout.priors, dec_stddev=cfg.dec_stddev,
+            beta=cfg.beta, free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,
+        )
+
+    def open_loop(
+        self,
+        frames: jax.Array,
+        context: int,
+        key: jax.Array,
+        *,
+        use_obs: UseObs = True,
+        actions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Predict frames ``context .. T-1`` from the first ``context`` (SPEC section 8).
+
+        Args:
+          frames: ``(B, T, 64, 64, C)``; only the first ``context`` frames are read.
+          context: number of context frames, a multiple of the top period, ``<= T``.
+          key: PRNG key.
+          use_obs: per-level observation flags for the context, e.g. ``"TTF"``.
+          actions: ``(B, T, action_size)`` when the model takes actions.
+        Returns:
+          ``(B, T - context, 64, 64, C)`` decoded means of level 0's prior.
+        """
+        self.check_frames(frames)
+        total = frames.shape[1]
+        top = self.hierarchy.clock.periods[-1]
+        if isinstance(context, bool) or not isinstance(context, int):
+            raise TypeError(f"context must be an int, got {context!r}")
+        if context < 0 or context % top:
+            raise ValueError(f"context={context} must be a non-negative multiple of the top period {top}")
+        if context > total:
+            raise ValueError(f"context={context} is longer than the sequence of {total} frames")
+        parse_use_obs(use_obs, self.hierarchy.levels)
+        self._check_actions(actions, frames.shape[0], total)
+        embeds = self.encoder(frames[:, :context])
+        _, imagined = self.hierarchy.open_loop(
+            embeds, total - context, key, use_obs=use_obs, actions=actions
+        )
+        return self.decoder(imagined.priors[0].feature)
