@@ -64,7 +64,7 @@ class CWVAEConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if self.factors is not None:
             object.__setattr__(self, "factors", tuple(self.factors))
-        clock = self.clock  # validates factors
+        self.clock  # noqa: B018 -- validates factors against levels
         for name in ("stoch_size", "det_size", "hidden_size"):
             for v in self.per_level(name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -85,11 +85,6 @@ class CWVAEConfig:
                 if len(value) != self.levels:
                     raise ValueError(f"{name} needs one value per level ({self.levels}), got {value!r}")
                 object.__setattr__(self, name, tuple(float(v) for v in value))
-        if self.open_loop_ctx % clock.periods[-1]:
-            raise ValueError(
-                f"open_loop_ctx={self.open_loop_ctx} is not a multiple of the top period "
-                f"{clock.periods[-1]}"
-            )
 
     @property
     def clock(self) -> Clock:

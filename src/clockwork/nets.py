@@ -7,6 +7,7 @@ transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspos
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -94,7 +95,7 @@ class ConvEncoder(nnx.Module):
         x = frames.reshape(-1, *frames.shape[-3:])
         for conv in self.convs:
             x = self.activation(conv(x))
-        return x.reshape(*lead, -1)
+        return x.reshape(*lead, math.prod(x.shape[1:]))
 
     def __call__(self, frames: jax.Array) -> list[jax.Array]:
         """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``."""

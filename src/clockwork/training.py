@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from clockwork._util import to_float
 from clockwork.config import CWVAEConfig
 from clockwork.model import CWVAE
 
@@ -42,13 +43,6 @@ class TrainState:
     params: Any
     opt_state: Any
     key: jax.Array
-
-
-def to_float(frames: jax.Array) -> jax.Array:
-    """``uint8`` video to ``float32`` in ``[0, 1]``; float input passes through."""
-    if jnp.issubdtype(frames.dtype, jnp.integer):
-        return frames.astype(jnp.float32) / 255.0
-    return frames
 
 
 def init_train_state(
@@ -87,9 +81,12 @@ def make_train_step(
     def step(state: TrainState, frames: jax.Array, actions: jax.Array | None = None):
         key, sub = jax.random.split(state.key)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, frames, sub, actions)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        # optax's bias correction mixes Python floats and int32 counts: allow that even
+        # when the caller runs JAX with strict dtype promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=key)
         return new, metrics
 

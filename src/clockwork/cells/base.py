@@ -142,16 +142,22 @@ def unroll(
     if hasattr(cell, "prepare") and hasattr(cell, "step"):
         inputs = _time_major(cell.prepare(embeds, contexts, key, use_obs=use_obs))
 
-        def body(carry, x):
+        def step(carry, x):
             return cell.step(carry, x, use_obs=use_obs)
 
     else:
         keys = jax.random.split(key, steps)
         inputs = (None if embeds is None else jnp.swapaxes(embeds, 0, 1), _time_major(contexts), keys)
 
-        def body(carry, x):
+        def step(carry, x):
             embed, context, k = x
             return cell(carry, embed, context, k, use_obs=use_obs)
 
+    def body(carry, x):
+        carry, out = step(carry, x)
+        # Without observations the posterior is the prior: stack it once.
+        return carry, (out if use_obs else out.prior)
+
     last, outputs = jax.lax.scan(body, state, inputs, length=steps)
-    return last, _time_major(outputs)
+    outputs = _time_major(outputs)
+    return last, (outputs if use_obs else StepOutput(outputs, outputs))

@@ -1,0 +1,42 @@
+"""Datasets and input pipeline for the Clockwork VAE.
+
+Videos are uint8 `(T, 64, 64, C)` on the host and float in [0, 1] on the device.
+
+- `load_split(name, split, ...)`: a prepared split of `moving_mnist_2digit`, `gqn_mazes`
+  or `clockwork_minerl_navigate` (presets 'mmnist', 'mazes', 'minerl', see `PRESETS`),
+  built offline from the published zip on first use.
+- `generate_moving_mnist(num_videos, num_frames, seed)`: Moving MNIST in memory,
+  `(N, T, 64, 64, 1)` uint8, from MNIST digits shipped with the package.
+- `VideoPipeline(videos, seq_len=..., batch_size=...)`: shuffled, sharded, resumable
+  uint8 batches `(B, seq_len, 64, 64, C)`; `to_float` maps them to [0, 1] on device.
+
+The tfds builders (`clockwork.data.builders`) are registered on import when
+`tensorflow_datasets` is installed (the `data` extra); the generator and the pipeline
+need only NumPy and JAX.
+"""
+
+import importlib.util
+
+from clockwork.data.archives import ArchiveNotFoundError
+from clockwork.data.datasets import PRESETS, TfdsVideos, builder_name, load_split
+from clockwork.data.moving_mnist import generate_moving_mnist, iter_moving_mnist, mnist_digits
+from clockwork._util import to_float
+from clockwork.data.pipeline import PipelineState, VideoPipeline, VideoSource
+
+if importlib.util.find_spec("tensorflow_datasets") is not None:
+    from clockwork.data import builders  # noqa: F401  (registers the tfds builders)
+
+__all__ = [
+    "PRESETS",
+    "ArchiveNotFoundError",
+    "PipelineState",
+    "TfdsVideos",
+    "VideoPipeline",
+    "VideoSource",
+    "builder_name",
+    "generate_moving_mnist",
+    "iter_moving_mnist",
+    "load_split",
+    "mnist_digits",
+    "to_float",
+]

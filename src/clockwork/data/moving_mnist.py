@@ -1,0 +1,182 @@
+"""Moving MNIST (Srivastava et al., 2015): two 28x28 digits bouncing inside a 64x64 frame.
+
+Each video draws two digits from the shipped MNIST sample (`mnist_digits.npz`), a start
+position uniform over the frame, a direction uniform on the circle and a speed uniform in
+`SPEED_RANGE` pixels per frame. A digit reflects off the frame's edges (closed form, so
+any video length costs the same per frame) and overlapping digits combine by their
+pixelwise maximum. Everything follows from `(seed, digit_split)`, independent of how the
+videos are chunked while rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+
+FRAME_SIZE = 64
+DIGIT_SIZE = 28
+LIMIT = FRAME_SIZE - DIGIT_SIZE  # a digit's top-left corner stays in [0, LIMIT]
+NUM_DIGITS = 2
+SPEED_RANGE = (2.0, 5.0)
+DigitSplit = Literal["train", "test"]
+_SPLIT_CODE = {"train": 0, "test": 1}
+
+
+@functools.cache
+def mnist_digits(digit_split: DigitSplit = "train") -> np.ndarray:
+    """The shipped MNIST digits of one split: `(K, 28, 28)` uint8 (K = 1600 train, 400 test).
+
+    The two splits hold different digits, so generated test videos show unseen digits.
+    """
+    if digit_split not in _SPLIT_CODE:
+        raise ValueError(f"digit_split must be 'train' or 'test', got {digit_split!r}")
+    with resources.files(__package__).joinpath("mnist_digits.npz").open("rb") as f:
+        images = np.load(f)[f"{digit_split}_images"]
+    images.setflags(write=False)
+    return images
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingMnistPlan:
+    """The random choices behind N videos; rendering them is deterministic.
+
+    Attributes:
+      digit_ids: `(N, 2)` int64, indices into `mnist_digits(digit_split)`.
+      start: `(N, 2, 2)` float64, top-left (row, col) of each digit at frame 0, in [0, 36].
+      velocity: `(N, 2, 2)` float64, (row, col) pixels per frame of each digit.
+    """
+
+    digit_ids: np.ndarray
+    start: np.ndarray
+    velocity: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.digit_ids)
+
+    def __getitem__(self, index: slice) -> MovingMnistPlan:
+        return MovingMnistPlan(self.digit_ids[index], self.start[index], self.velocity[index])
+
+
+def moving_mnist_plan(
+    num_videos: int, seed: int = 0, digit_split: DigitSplit = "train"
+) -> MovingMnistPlan:
+    """The random choices behind `generate_moving_mnist(num_videos, T, seed, digit_split=...)`.
+
+    One generator seeded by `(seed, digit_split)` draws five uniforms per digit, video by
+    video (digit id, start row, start column, direction, speed), so the plan for N videos
+    begins with the plan for fewer, and does not depend on T.
+    """
+    if num_videos < 0:
+        raise ValueError(f"num_videos must be >= 0, got {num_videos}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    pool_size = len(mnist_digits(digit_split))
+    u = np.random.default_rng([seed, _SPLIT_CODE[digit_split]]).random((num_videos, NUM_DIGITS, 5))
+    digit_ids = np.minimum((u[..., 0] * pool_size).astype(np.int64), pool_size - 1)
+    start = u[..., 1:3] * LIMIT
+    angle = u[..., 3] * 2.0 * np.pi
+    low, high = SPEED_RANGE
+    speed = low + (high - low) * u[..., 4]
+    velocity = speed[..., None] * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+    return MovingMnistPlan(digit_ids, start, velocity)
+
+
+def bouncing_positions(start: np.ndarray, velocity: np.ndarray, num_frames: int) -> np.ndarray:
+    """Positions in [0, 36] of points moving at constant speed and reflecting off 0 and 36.
+
+    Args:
+      start: `(...)` positions at frame 0, in [0, 36].
+      velocity: same shape, displacement per frame.
+      num_frames: T.
+
+    Returns:
+      `(..., T)` float64; reflection is the triangle wave of period 72 applied to the
+      unbounded path `start + velocity * t`.
+    """
+    t = np.arange(num_frames, dtype=np.float64)
+    free = start[..., None] + velocity[..., None] * t
+    folded = np.mod(free, 2.0 * LIMIT)
+    return LIMIT - np.abs(LIMIT - folded)
+
+
+def plan_positions(plan: MovingMnistPlan, num_frames: int) -> np.ndarray:
+    """Top-left pixel (row, col) of each digit in each frame: `(N, T, 2, 2)` int64."""
+    positions = bouncing_positions(plan.start, plan.velocity, num_frames)  # (N, 2, 2, T)
+    return np.rint(positions).astype(np.int64).transpose(0, 3, 1, 2)
+
+
+def render(plan: MovingMnistPlan, num_frames: int, digits: np.ndarray) -> np.ndarray:
+    """Renders planned videos: `(N, T, 64, 64, 1)` uint8.
+
+    Args:
+      plan: the videos' random choices; `plan.digit_ids` index `digits`.
+      num_frames: T.
+      digits: `(K, 28, 28)` uint8 digit images.
+    """
+    n = len(plan)
+    frames = np.zeros((n * num_frames, FRAME_SIZE, FRAME_SIZE), np.uint8)
+    # windows[i, r, c] is the 28x28 view of frame i whose top-left pixel is (r, c).
+    windows = np.lib.stride_tricks.sliding_window_view(
+        frames, (DIGIT_SIZE, DIGIT_SIZE), axis=(1, 2), writeable=True
+    )
+    positions = plan_positions(plan, num_frames).reshape(n * num_frames, NUM_DIGITS, 2)
+    frame = np.arange(n * num_frames)
+    for d in range(NUM_DIGITS):
+        index = (frame, positions[:, d, 0], positions[:, d, 1])
+        patch = np.repeat(digits[plan.digit_ids[:, d]], num_frames, axis=0)  # (N*T, 28, 28)
+        windows[index] = np.maximum(windows[index], patch)
+    return frames.reshape(n, num_frames, FRAME_SIZE, FRAME_SIZE, 1)
+
+
+def iter_moving_mnist(
+    num_videos: int,
+    num_frames: int = 100,
+    seed: int = 0,
+    *,
+    digit_split: DigitSplit = "train",
+    chunk_frames: int = 200_000,
+) -> Iterator[np.ndarray]:
+    """Yields the videos of `generate_moving_mnist` in chunks of `(n, T, 64, 64, 1)` uint8.
+
+    `chunk_frames` bounds the frames per chunk (at least one video per chunk); the
+    concatenated chunks do not depend on it.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    digits = mnist_digits(digit_split)
+    plan = moving_mnist_plan(num_videos, seed, digit_split)
+    per_chunk = max(1, chunk_frames // num_frames)
+    for begin in range(0, num_videos, per_chunk):
+        yield render(plan[begin : begin + per_chunk], num_frames, digits)
+
+
+def generate_moving_mnist(
+    num_videos: int,
+    num_frames: int = 100,
+    seed: int = 0,
+    *,
+    digit_split: DigitSplit = "train",
+) -> np.ndarray:
+    """Generates Moving MNIST videos: `(num_videos, num_frames, 64, 64, 1)` uint8.
+
+    Args:
+      num_videos: N.
+      num_frames: T (100 for the training split, 1000 for the test split of
+        `moving_mnist_2digit`).
+      seed: non-negative int; the same `(seed, digit_split)` gives the same videos.
+      digit_split: which shipped digits to draw from ('train': 1600, 'test': 400 others).
+
+    Example:
+      >>> videos = generate_moving_mnist(3, num_frames=10, seed=0)
+      >>> videos.shape, videos.dtype
+      ((3, 10, 64, 64, 1), dtype('uint8'))
+    """
+    chunks = list(iter_moving_mnist(num_videos, num_frames, seed, digit_split=digit_split))
+    if not chunks:
+        return np.zeros((0, num_frames, FRAME_SIZE, FRAME_SIZE, 1), np.uint8)
+    return np.concatenate(chunks)
