@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from clockwork.cells import GRU, Cell, DeterministicState, GaussianState, GRUCell, RSSMCell, unroll
+from clockwork.cells import (
+    GRU,
+    Cell,
+    DeterministicState,
+    GaussianState,
+    GRUCell,
+    RSSMCell,
+    StepOutput,
+    unroll,
+)
 
 S, D, E, CTX, EMB, B = 3, 5, 6, 4, 7, 2
 
@@ -65,7 +74,7 @@ def test_rssm_step_matches_numpy_spec(cell):
     context = rng.normal(size=(B, CTX)).astype(np.float32)
     key = jax.random.key(7)
     new, out = cell(state, jnp.asarray(embed), jnp.asarray(context), key, use_obs=True)
-    noise = np.asarray(jax.random.normal(key, (B, 1, 2, S)))[:, 0]
+    noise = np.asarray(jax.random.normal(key, (B, 2, S)))
     prev = dict(sample=np.asarray(state.sample), det_state=np.asarray(state.det_state))
     prior, post = np_rssm_step(cell, prev, embed, context, noise)
     for got, want in ((out.prior, prior), (out.posterior, post)):
@@ -128,17 +137,17 @@ def test_fused_gru_equals_flax_linen_gru_cell():
     )
 
 
-def test_unroll_fast_path_equals_stepwise_loop(cell):
+def test_unroll_equals_a_loop_of_single_steps(cell):
     rng = np.random.default_rng(2)
     n = 5
     embeds = jnp.asarray(rng.normal(size=(B, n, EMB)).astype(np.float32))
     contexts = jnp.asarray(rng.normal(size=(B, n, CTX)).astype(np.float32))
     key = jax.random.key(4)
     last, out = unroll(cell, cell.initial_state(B), embeds, contexts, key, use_obs=True)
-    inputs = cell.prepare(embeds, contexts, key, use_obs=True)
     state = cell.initial_state(B)
     for t in range(n):
-        state, step = cell.step(state, jax.tree.map(lambda x: x[:, t], inputs), use_obs=True)
+        k = jax.random.fold_in(key, t)
+        state, step = cell(state, embeds[:, t], contexts[:, t], k, use_obs=True)
         np.testing.assert_allclose(out.posterior.mean[:, t], step.posterior.mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out.prior.stddev[:, t], step.prior.stddev, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last.det_state, state.det_state, rtol=1e-5, atol=1e-6)
@@ -168,3 +177,44 @@ def test_unroll_checks_inputs(cell):
     with pytest.raises(ValueError, match="steps"):
         unroll(cell, cell.initial_state(B), jnp.zeros((B, 4, EMB)), contexts,
                jax.random.key(0), use_obs=True)
+
+
+def test_chunked_unroll_equals_whole_unroll(cell):
+    rng = np.random.default_rng(3)
+    contexts = jnp.asarray(rng.normal(size=(B, 7, CTX)).astype(np.float32))
+    key = jax.random.key(8)
+    last, whole = unroll(cell, cell.initial_state(B), None, contexts, key, use_obs=False)
+    mid, first = unroll(cell, cell.initial_state(B), None, contexts[:, :3], key, use_obs=False)
+    end, second = unroll(cell, mid, None, contexts[:, 3:], key, use_obs=False, start=3)
+    joined = jnp.concatenate([first.prior.sample, second.prior.sample], axis=1)
+    np.testing.assert_allclose(joined, whole.prior.sample, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(end.det_state, last.det_state, rtol=1e-5, atol=1e-6)
+
+
+class ProtocolOnlyCell:
+    """A cell with only the protocol (no prepare/step): a random walk of the context."""
+
+    feature_size = context_size = embed_size = 2
+
+    def initial_state(self, batch_size):
+        return DeterministicState(jnp.zeros((batch_size, 2)), jnp.zeros((batch_size, 2)))
+
+    def __call__(self, state, embed, context, key, *, use_obs):
+        x = state.det_out + context + jax.random.normal(key, context.shape)
+        if use_obs:
+            x = x + embed
+        new = DeterministicState(x, x)
+        return new, StepOutput(new, new)
+
+
+def test_unroll_of_a_protocol_only_cell_equals_its_loop():
+    cell = ProtocolOnlyCell()
+    assert isinstance(cell, Cell)
+    contexts = jnp.ones((B, 4, 2))
+    embeds = jnp.full((B, 4, 2), 0.5)
+    key = jax.random.key(1)
+    _, out = unroll(cell, cell.initial_state(B), embeds, contexts, key, use_obs=True)
+    state = cell.initial_state(B)
+    for t in range(4):
+        state, step = cell(state, embeds[:, t], contexts[:, t], jax.random.fold_in(key, t), use_obs=True)
+        np.testing.assert_allclose(out.posterior.det_out[:, t], step.posterior.det_out, rtol=1e-6)

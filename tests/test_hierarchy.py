@@ -36,10 +36,10 @@ def test_one_level_equals_plain_scan_of_its_cell():
     out = hier.observe(e, key)
     # The plain unroll: zero context, the level's key, a Python loop over steps.
     k0 = jax.random.split(key, 1)[0]
-    inputs = cell.prepare(e[0], jnp.zeros((B, 9, 3)), k0, use_obs=True)
     state = cell.initial_state(B)
     for t in range(9):
-        state, step = cell.step(state, jax.tree.map(lambda x: x[:, t], inputs), use_obs=True)
+        k = jax.random.fold_in(k0, t)
+        state, step = cell(state, e[0][:, t], jnp.zeros((B, 3)), k, use_obs=True)
         np.testing.assert_allclose(out.posteriors[0].sample[:, t], step.posterior.sample, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out.priors[0].mean[:, t], step.prior.mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.last[0].det_state, state.det_state, rtol=1e-5, atol=1e-6)
@@ -151,3 +151,17 @@ def test_parse_use_obs():
     assert parse_use_obs("TTF", 3) == (True, True, False)
     assert parse_use_obs(False, 2) == (False, False)
     assert parse_use_obs([True, False], 2) == (True, False)
+
+
+def test_imagine_in_chunks_equals_one_imagination():
+    hier = three_levels()
+    out = hier.observe(embeddings(hier.clock, 6), jax.random.key(0))
+    key = jax.random.key(4)
+    whole = hier.imagine(out.last, 18, key)
+    a = hier.imagine(out.last, 6, key)
+    b = hier.imagine(a.last, 12, key, start=6)
+    for level in range(3):
+        joined = jnp.concatenate([a.priors[level].feature, b.priors[level].feature], axis=1)
+        np.testing.assert_allclose(joined, whole.priors[level].feature, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="start=4"):
+        hier.imagine(out.last, 6, key, start=4)

@@ -157,3 +157,16 @@ def test_train_step_equals_manual_gradient_step():
         updates, _ = opt.update(nnx.state(grads, nnx.Param), opt.init(state.params), state.params)
     want = jax.tree.map(lambda p, u: p + u, state.params, updates)
     chex.assert_trees_all_close(new.params, want, rtol=1e-5, atol=1e-7)
+
+
+def test_open_loop_in_chunks_equals_open_loop(model):
+    x = frames((1, 14, 64, 64, 1))
+    key = jax.random.key(6)
+    whole = model.open_loop(x, 4, key, use_obs="TF")
+    chunks = list(model.open_loop_chunks(x[:, :4], 10, key, use_obs="TF", chunk=4))
+    assert [c.shape[1] for c in chunks] == [4, 4, 2]
+    np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk=3"):
+        next(model.open_loop_chunks(x[:, :4], 10, key, chunk=3))
+    with pytest.raises(ValueError, match="not a multiple of the top period"):
+        next(model.open_loop_chunks(x[:, :3], 10, key))

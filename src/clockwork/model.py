@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -156,3 +159,58 @@ class CWVAE(nnx.Module):
             embeds, total - context, key, use_obs=use_obs, actions=actions
         )
         return self.decoder(imagined.priors[0].feature)
+
+    def open_loop_chunks(
+        self,
+        context_frames: jax.Array,
+        horizon: int,
+        key: jax.Array,
+        *,
+        use_obs: UseObs = True,
+        chunk: int | None = None,
+    ) -> Iterator[jax.Array]:
+        """:meth:`open_loop` in chunks, for horizons whose frames do not fit at once.
+
+        Observes ``context_frames`` ``(B, ctx, 64, 64, C)`` (``ctx`` a multiple of the top
+        period), then yields ``(B, <= chunk, 64, 64, C)`` predictions until ``horizon``
+        frames are out. Each chunk is imagined from the last states of the previous one
+        and decoded at once, so memory does not grow with the horizon; the concatenated
+        chunks equal ``open_loop(frames, ctx, key, use_obs=use_obs)`` for the same key.
+        ``chunk`` (default: the top period) must be a multiple of the top period.
+        Models with actions are not supported here.
+        """
+        self.check_frames(context_frames, "context_frames")
+        if self.config.action_size:
+            raise ValueError("open_loop_chunks does not take actions; use open_loop")
+        top = self.hierarchy.clock.periods[-1]
+        chunk = top if chunk is None else chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % top:
+            raise ValueError(f"chunk={chunk} must be a positive multiple of the top period {top}")
+        if context_frames.shape[1] % top:
+            raise ValueError(
+                f"context of {context_frames.shape[1]} frames is not a multiple of the top "
+                f"period {top}"
+            )
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
+            raise ValueError(f"horizon must be a non-negative int, got {horizon!r}")
+        flags = parse_use_obs(use_obs, self.hierarchy.levels)
+        graphdef, params = nnx.split(self)
+        k_obs, k_img = jax.random.split(key)
+        states = _observe_last(graphdef, params, context_frames, k_obs, flags)
+        for start in range(0, horizon, chunk):
+            states, frames = _imagine_decode(graphdef, params, states, k_img, start, chunk)
+            yield frames[:, : min(chunk, horizon - start)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _observe_last(graphdef, params, frames, key, use_obs):
+    model = nnx.merge(graphdef, params)
+    embeds = model.encoder(frames)
+    return model.hierarchy.observe(embeds, key, use_obs=use_obs).last
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _imagine_decode(graphdef, params, states, key, start, frames):
+    model = nnx.merge(graphdef, params)
+    rollout = model.hierarchy.imagine(states, frames, key, start=start)
+    return rollout.last, model.decoder(rollout.priors[0].feature)

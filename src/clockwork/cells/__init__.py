@@ -1,6 +1,6 @@
 """Cells: one step of one level of the hierarchy, all speaking :class:`Cell`."""
 
-from clockwork.cells.base import Cell, DeterministicState, GaussianState, StepOutput, unroll
+from clockwork.cells.base import Cell, DeterministicState, GaussianState, StepOutput, step_keys, unroll
 from clockwork.cells.gru import GRU, GRUCell
 from clockwork.cells.rssm import RSSMCell, RSSMInputs
 
@@ -13,5 +13,6 @@ __all__ = [
     "RSSMCell",
     "RSSMInputs",
     "StepOutput",
+    "step_keys",
     "unroll",
 ]

@@ -10,10 +10,15 @@ A cell is one step of one level of the hierarchy. Every cell speaks the same pro
   embedding is not read.
 
 A cell may also offer a sequence fast path, used by :func:`unroll` when present:
-``prepare(embeds, contexts, key, use_obs=...)`` computes everything that does not depend
-on the carry for a whole sequence at once (input projections, noise), and
-``step(state, inputs, use_obs=...)`` consumes one time slice of it. ``cell(...)`` must
-equal ``step(state, prepare(...)[t])`` for a sequence of length one.
+``prepare(embeds, contexts, keys, use_obs=...)`` computes everything that does not depend
+on the carry for a whole sequence at once (input projections, noise; ``keys`` holds one
+key per step), and ``step(state, inputs, use_obs=...)`` consumes one time slice of it.
+``cell(state, e, c, key)`` must equal ``step(state, prepare(e[:, None], c[:, None],
+key[None])[:, 0])``.
+
+Step ``t`` of an unroll uses the key ``fold_in(key, start + t)``, so the randomness of a
+step depends only on the sequence key and the step's absolute index: an unroll split into
+chunks (each given its ``start``) equals the unsplit one.
 
 States are pytrees with a ``feature`` property (what the level passes down and what the
 decoder reads) and ``kl(prior)`` / ``entropy()`` methods reduced over the latent axis.
@@ -110,6 +115,11 @@ def _time_major(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
 
 
+def step_keys(key: jax.Array, start: int | jax.Array, steps: int) -> jax.Array:
+    """``(steps,)`` keys: ``fold_in(key, start + t)`` for ``t < steps``."""
+    return jax.vmap(lambda t: jax.random.fold_in(key, t))(start + jnp.arange(steps))
+
+
 def unroll(
     cell: Cell,
     state: Any,
@@ -118,16 +128,20 @@ def unroll(
     key: jax.Array,
     *,
     use_obs: bool,
+    start: int | jax.Array = 0,
 ) -> tuple[Any, StepOutput]:
     """Scan ``cell`` over a sequence with ``jax.lax.scan``.
+
+    Equals a loop of ``cell(state, embeds[:, t], contexts[:, t], fold_in(key, start + t))``.
 
     Args:
       cell: any :class:`Cell`; its ``prepare``/``step`` fast path is used if it has one.
       state: the carry before the first step, ``(B, ...)`` leaves.
       embeds: ``(B, N, embed_size)``, or ``None`` when ``use_obs`` is ``False``.
       contexts: ``(B, N, context_size)``.
-      key: PRNG key for the whole sequence.
+      key: PRNG key of the sequence.
       use_obs: static; whether the posterior reads the embeddings.
+      start: absolute index of the first step (for chunked unrolls).
     Returns:
       The last state and the per-step ``StepOutput`` with ``(B, N, ...)`` leaves.
     """
@@ -138,15 +152,15 @@ def unroll(
         raise ValueError(f"embeddings have {embeds.shape[1]} steps but contexts have {steps}")
     if not use_obs:
         embeds = None
+    keys = step_keys(key, start, steps)
 
     if hasattr(cell, "prepare") and hasattr(cell, "step"):
-        inputs = _time_major(cell.prepare(embeds, contexts, key, use_obs=use_obs))
+        inputs = _time_major(cell.prepare(embeds, contexts, keys, use_obs=use_obs))
 
         def step(carry, x):
             return cell.step(carry, x, use_obs=use_obs)
 
     else:
-        keys = jax.random.split(key, steps)
         inputs = (None if embeds is None else jnp.swapaxes(embeds, 0, 1), _time_major(contexts), keys)
 
         def step(carry, x):

@@ -86,10 +86,10 @@ class GRUCell(nnx.Module):
         return self.step(state, self.inp(context))
 
     def prepare(
-        self, embeds: jax.Array | None, contexts: jax.Array, key: jax.Array, *, use_obs: bool
+        self, embeds: jax.Array | None, contexts: jax.Array, keys: jax.Array, *, use_obs: bool
     ) -> jax.Array:
         """The input layer for all steps at once: ``(B, N, C) -> (B, N, hidden)``."""
-        del embeds, key, use_obs
+        del embeds, keys, use_obs
         return self.inp(contexts)
 
     def step(

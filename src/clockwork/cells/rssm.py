@@ -107,21 +107,25 @@ class RSSMCell(nnx.Module):
     ) -> tuple[GaussianState, StepOutput]:
         """One step; ``embed (B, embed_size)``, ``context (B, context_size)``."""
         embeds = None if embed is None else embed[:, None]
-        inputs = self.prepare(embeds, context[:, None], key, use_obs=use_obs)
+        inputs = self.prepare(embeds, context[:, None], key[None], use_obs=use_obs)
         return self.step(state, jax.tree.map(lambda x: x[:, 0], inputs), use_obs=use_obs)
 
     def prepare(
-        self, embeds: jax.Array | None, contexts: jax.Array, key: jax.Array, *, use_obs: bool
+        self, embeds: jax.Array | None, contexts: jax.Array, keys: jax.Array, *, use_obs: bool
     ) -> RSSMInputs:
-        """Input projections and noise for ``N`` steps: ``(B, N, .)`` in, ``(B, N, .)`` out."""
+        """Input projections and noise for ``N`` steps: ``(B, N, .)`` in, ``(B, N, .)`` out.
+
+        ``keys`` holds one key per step; step ``t``'s noise is
+        ``normal(keys[t], (B, 2, S))`` (prior, posterior).
+        """
         s = self.stoch_size
         context_proj = add_bias(contexts @ self.prior_in.kernel[s:], self.prior_in.bias[...])
         embed_proj = None
         if use_obs:
             d = self.det_size
             embed_proj = add_bias(embeds @ self.post_in.kernel[d:], self.post_in.bias[...])
-        b, n = contexts.shape[:2]
-        noise = jax.random.normal(key, (b, n, 2, s), contexts.dtype)
+        shape = (contexts.shape[0], 2, s)
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape, contexts.dtype), out_axes=1)(keys)
         return RSSMInputs(context_proj, embed_proj, noise)
 
     def step(

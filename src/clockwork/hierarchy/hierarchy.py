@@ -129,6 +129,7 @@ class Hierarchy(nnx.Module):
         frames: int,
         key: jax.Array,
         *,
+        start: int | jax.Array = 0,
         actions: jax.Array | None = None,
     ) -> Rollout:
         """Prior-only continuation for ``frames`` frames from per-level states ``initial``.
@@ -136,13 +137,22 @@ class Hierarchy(nnx.Module):
         Level ``l`` takes ``ceil(frames / P_l)`` steps; features of the level above are
         its prior samples. Callers continuing an observed rollout should start it on a
         multiple of the top period (as :meth:`open_loop` does).
+
+        ``start`` is the frame index of the first imagined frame within a longer
+        imagination under the same ``key`` (a multiple of the top period): imagining
+        ``a + b`` frames equals imagining ``a`` and then ``b`` with ``start=a`` from the
+        first part's last states.
         """
         if len(initial) != self.levels:
             raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
+        top = self.clock.periods[-1]
+        if isinstance(start, int) and (start < 0 or start % top):
+            raise ValueError(f"start={start} must be a non-negative multiple of the top period {top}")
         steps = self.clock.num_steps(frames) if frames else (0,) * self.levels
         batch = jax.tree.leaves(initial[0])[0].shape[0]
         return self._unroll(
-            [None] * self.levels, steps, (False,) * self.levels, key, initial, actions, batch
+            [None] * self.levels, steps, (False,) * self.levels, key, initial, actions, batch,
+            start=start,
         )
 
     def open_loop(
@@ -185,6 +195,7 @@ class Hierarchy(nnx.Module):
         initial: Sequence[Any] | None,
         actions: jax.Array | None,
         batch: int,
+        start: int | jax.Array = 0,
     ) -> Rollout:
         if initial is None:
             initial = self.initial_state(batch)
@@ -214,6 +225,7 @@ class Hierarchy(nnx.Module):
                 context,
                 keys[level],
                 use_obs=use_obs[level],
+                start=start // self.clock.periods[level],
             )
             last[level], priors[level], posts[level] = state, out.prior, out.posterior
             if level:
