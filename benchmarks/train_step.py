@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from clockwork import CWVAE, CWVAEConfig
-from clockwork.training import init_train_state, make_optimizer, make_train_step
+from clockwork.training import init_train_state, make_loss_fn, make_optimizer, make_train_step
 
 
 def peak_rss_gib() -> float:
@@ -43,6 +43,13 @@ def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def parse_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="mmnist", choices=["mmnist", "mazes", "minerl"])
@@ -50,10 +57,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. levels=2 (values parsed as JSON)")
+                        help="config overrides, e.g. levels=2 remat=true compute_dtype=bfloat16 "
+                             "(values parsed as JSON, else kept as strings)")
     args = parser.parse_args()
 
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = CWVAEConfig.preset(args.preset, batch_size=args.batch, seq_len=args.seq_len, **overrides)
     model = CWVAE(cfg, rngs=nnx.Rngs(0))
     opt = make_optimizer(cfg)
@@ -64,6 +72,14 @@ def main() -> None:
     frames = jnp.asarray(
         rng.integers(0, 256, (args.batch, args.seq_len, 64, 64, cfg.channels), dtype=np.uint8)
     )
+
+    # The options' effect on the loss: the same parameters, batch and key in plain float32.
+    plain = CWVAEConfig.preset(args.preset, batch_size=args.batch, seq_len=args.seq_len,
+                               **{k: v for k, v in overrides.items()
+                                  if k not in ("compute_dtype", "remat", "remat_chunk")})
+    plain_graphdef, _ = nnx.split(CWVAE(plain, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    loss_of = lambda g: jax.jit(make_loss_fn(g))(state.params, frames, state.key)[0]  # noqa: E731
+    loss_here, loss_plain = float(loss_of(graphdef)), float(loss_of(plain_graphdef))
 
     t0 = time.perf_counter()
     compiled = step.lower(state, frames).compile()
@@ -97,7 +113,9 @@ def main() -> None:
         "achieved_flops_per_s": achieved,
         "matmul_flops_per_s": matmul,
         "mfu": achieved / matmul,
-        "loss": float(metrics["loss"]),
+        "loss": loss_here,
+        "loss_plain_f32": loss_plain,
+        "loss_rel_diff": abs(loss_here - loss_plain) / abs(loss_plain),
         "jax": jax.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
@@ -106,6 +124,8 @@ def main() -> None:
           f"peak RSS {peak:.2f} GiB")
     print(f"step FLOPs {flops / 1e9:.1f} G, achieved {achieved / 1e9:.1f} GFLOP/s, "
           f"matmul {matmul / 1e9:.1f} GFLOP/s, MFU {achieved / matmul:.1%}")
+    print(f"loss {loss_here:.6g} vs plain float32 {loss_plain:.6g} "
+          f"(relative difference {figures['loss_rel_diff']:.2e})")
     print(json.dumps(figures))
 
 

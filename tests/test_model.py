@@ -170,3 +170,24 @@ def test_open_loop_in_chunks_equals_open_loop(model):
         next(model.open_loop_chunks(x[:, :4], 10, key, chunk=3))
     with pytest.raises(ValueError, match="not a multiple of the top period"):
         next(model.open_loop_chunks(x[:, :3], 10, key))
+
+
+@pytest.mark.parametrize("changes,rtol", [(dict(remat=True, remat_chunk=3), 1e-5),
+                                          (dict(compute_dtype="bfloat16"), 2e-2)])
+def test_speed_options_keep_the_loss_and_gradients(changes, rtol):
+    """Remat and bfloat16 compute against the plain float32 computation."""
+    from clockwork.training import make_loss_fn
+
+    x = frames((2, 5, 64, 64, 1), seed=3)
+    results = []
+    for cfg in (CWVAEConfig.preset("mmnist", **TINY), CWVAEConfig.preset("mmnist", **TINY, **changes)):
+        graphdef, params = nnx.split(CWVAE(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+        loss_fn = make_loss_fn(graphdef)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, jax.random.key(2))
+        results.append((loss, metrics, grads))
+    (l0, m0, g0), (l1, m1, g1) = results
+    np.testing.assert_allclose(float(l1), float(l0), rtol=rtol)
+    np.testing.assert_allclose(float(m1["kl/1"]), float(m0["kl/1"]), rtol=max(rtol, 1e-4))
+    assert jax.tree.leaves(g1)[0].dtype == jnp.float32
+    if rtol < 1e-4:
+        chex.assert_trees_all_close(g1, g0, rtol=1e-4, atol=1e-5)

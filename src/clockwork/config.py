@@ -51,10 +51,14 @@ class CWVAEConfig:
     seq_len: int = 100
     eval_seq_len: int = 1000
     open_loop_ctx: int = 36
+    # Speed and memory options (off by default; see docs/performance.md).
+    compute_dtype: str = "float32"
+    remat: bool = False
+    remat_chunk: int = 50
 
     def __post_init__(self) -> None:
         for name in ("channels", "levels", "channel_mult", "filters", "batch_size", "seq_len",
-                     "eval_seq_len"):
+                     "eval_seq_len", "remat_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -77,6 +81,10 @@ class CWVAEConfig:
         for name in ("dec_stddev", "lr", "adam_eps", "grad_clip_norm", "min_stddev"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if not isinstance(self.remat, bool):
+            raise TypeError(f"remat must be a bool, got {self.remat!r}")
         if self.kl_grad_post_perc is not None and not 0.0 <= self.kl_grad_post_perc <= 1.0:
             raise ValueError(f"kl_grad_post_perc must be in [0, 1], got {self.kl_grad_post_perc}")
         for name in ("beta", "free_nats"):

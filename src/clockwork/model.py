@@ -13,7 +13,8 @@ from clockwork.cells import GRUCell, RSSMCell
 from clockwork.config import CWVAEConfig
 from clockwork.hierarchy import Hierarchy, parse_use_obs
 from clockwork.hierarchy.hierarchy import Rollout, UseObs
-from clockwork.losses import elbo_loss
+from clockwork._util import map_chunks
+from clockwork.losses import elbo_from_nll, reconstruction_nll
 from clockwork.nets import FRAME_SIZE, ConvDecoder, ConvEncoder
 
 
@@ -65,7 +66,9 @@ class CWVAE(nnx.Module):
             dense_embed_size=config.enc_dense_embed_size, rngs=rngs,
         )
         cells = build_cells(config, self.encoder.embed_size, rngs)
-        self.hierarchy = Hierarchy(cells, clock, action_size=config.action_size)
+        self.hierarchy = Hierarchy(
+            cells, clock, action_size=config.action_size, remat=config.remat
+        )
         self.decoder = ConvDecoder(
             cells[0].feature_size, channels=config.channels, channel_mult=config.channel_mult,
             filters=config.filters, rngs=rngs,
@@ -103,7 +106,12 @@ class CWVAE(nnx.Module):
         """Encode ``(B, T, 64, 64, C)`` frames and unroll the posterior."""
         self.check_frames(frames)
         self._check_actions(actions, frames.shape[0], frames.shape[1])
-        return self.hierarchy.observe(self.encoder(frames), key, use_obs=use_obs, actions=actions)
+        embeds = self.encoder(frames, remat_chunk=self._remat_chunk)
+        return self.hierarchy.observe(embeds, key, use_obs=use_obs, actions=actions)
+
+    @property
+    def _remat_chunk(self) -> int | None:
+        return self.config.remat_chunk if self.config.remat else None
 
     def loss(
         self, frames: jax.Array, key: jax.Array, *, actions: jax.Array | None = None
@@ -115,12 +123,22 @@ class CWVAE(nnx.Module):
           key: PRNG key for the posterior samples.
           actions: ``(B, T, action_size)`` when the model takes actions.
         """
-        rollout = self.observe(frames, key, actions=actions)
-        recon = self.decoder(rollout.posteriors[0].feature)
         cfg = self.config
-        return elbo_loss(
-            frames, recon, rollout.posteriors, rollout.priors, dec_stddev=cfg.dec_stddev,
-            beta=cfg.beta, free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,
+        chunk = self._remat_chunk
+        rollout = self.observe(frames, key, actions=actions)
+        features = rollout.posteriors[0].feature
+        if chunk is None:
+            nll = jnp.mean(reconstruction_nll(frames, self.decoder(features), cfg.dec_stddev))
+        else:
+            def frame_nll(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+                feature, frame = args
+                return reconstruction_nll(frame, self.decoder(feature), cfg.dec_stddev)
+
+            flat = (features.reshape(-1, features.shape[-1]), frames.reshape(-1, *frames.shape[2:]))
+            nll = jnp.sum(map_chunks(frame_nll, flat, chunk)) / frames.shape[0]
+        return elbo_from_nll(
+            nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=cfg.beta,
+            free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,
         )
 
     def open_loop(

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clockwork._util import add_bias
+from clockwork._util import add_bias, map_chunks
 from clockwork.hierarchy.clock import Clock
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -97,9 +97,18 @@ class ConvEncoder(nnx.Module):
             x = self.activation(conv(x))
         return x.reshape(*lead, math.prod(x.shape[1:]))
 
-    def __call__(self, frames: jax.Array) -> list[jax.Array]:
-        """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``."""
-        h = self.frame_features(frames)
+    def __call__(self, frames: jax.Array, *, remat_chunk: int | None = None) -> list[jax.Array]:
+        """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``.
+
+        With ``remat_chunk`` the conv stack runs over chunks of that many frames and is
+        recomputed in the backward pass (bounded activation memory).
+        """
+        if remat_chunk is None:
+            h = self.frame_features(frames)
+        else:
+            flat = frames.reshape(-1, *frames.shape[2:])
+            h = map_chunks(self.frame_features, flat, remat_chunk)
+            h = h.reshape(*frames.shape[:2], h.shape[-1])
         out = [h]
         for level, stack in enumerate(self.stacks, start=1):
             for i, layer in enumerate(stack):

@@ -59,10 +59,20 @@ def init_train_state(
 
 
 def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-    """``loss_fn(params, frames, key, actions=None) -> (loss, metrics)``, pure."""
+    """``loss_fn(params, frames, key, actions=None) -> (loss, metrics)``, pure.
+
+    With ``config.compute_dtype == "bfloat16"`` the model runs on bfloat16 copies of the
+    float32 parameters; the loss and its sums are float32.
+    """
 
     def loss_fn(params, frames, key, actions=None):
-        return nnx.merge(graphdef, params).loss(to_float(frames), key, actions=actions)
+        dtype = jnp.dtype(nnx.merge(graphdef, params).config.compute_dtype)
+        if dtype != jnp.float32:
+            # Reduced precision: compute with cast copies; gradients reach the f32 params.
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
+            actions = None if actions is None else actions.astype(dtype)
+        model = nnx.merge(graphdef, params)
+        return model.loss(to_float(frames, dtype), key, actions=actions)
 
     return loss_fn
 

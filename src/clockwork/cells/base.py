@@ -4,7 +4,7 @@ A cell is one step of one level of the hierarchy. Every cell speaks the same pro
 
 * ``feature_size``, ``context_size``, ``embed_size``: sizes of its output feature, of the
   context it reads from the level above and of the embedding it reads from the encoder;
-* ``initial_state(batch_size)``: the zero carry;
+* ``initial_state(batch_size, dtype)``: the zero carry;
 * ``cell(state, embed, context, key, use_obs=...) -> (state, StepOutput(prior, posterior))``:
   one step. ``use_obs`` is static; when it is ``False`` the posterior is the prior and the
   embedding is not read.
@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.typing import DTypeLike
 
 from clockwork.losses.kl import gaussian_entropy, gaussian_kl
 
@@ -98,7 +99,7 @@ class Cell(Protocol):
     context_size: int
     embed_size: int
 
-    def initial_state(self, batch_size: int) -> Any: ...
+    def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> Any: ...
 
     def __call__(
         self,
@@ -129,6 +130,7 @@ def unroll(
     *,
     use_obs: bool,
     start: int | jax.Array = 0,
+    remat: bool = False,
 ) -> tuple[Any, StepOutput]:
     """Scan ``cell`` over a sequence with ``jax.lax.scan``.
 
@@ -142,6 +144,8 @@ def unroll(
       key: PRNG key of the sequence.
       use_obs: static; whether the posterior reads the embeddings.
       start: absolute index of the first step (for chunked unrolls).
+      remat: recompute each step's activations in the backward pass (``jax.checkpoint``
+        on the scan body), keeping only the carries.
     Returns:
       The last state and the per-step ``StepOutput`` with ``(B, N, ...)`` leaves.
     """
@@ -172,6 +176,8 @@ def unroll(
         # Without observations the posterior is the prior: stack it once.
         return carry, (out if use_obs else out.prior)
 
+    if remat:
+        body = jax.checkpoint(body)
     last, outputs = jax.lax.scan(body, state, inputs, length=steps)
     outputs = _time_major(outputs)
     return last, (outputs if use_obs else StepOutput(outputs, outputs))

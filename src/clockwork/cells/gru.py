@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from clockwork._util import add_bias
 from clockwork.cells.base import DeterministicState, StepOutput
@@ -69,8 +70,8 @@ class GRUCell(nnx.Module):
         self.inp = nnx.Linear(context_size, hidden_size, kernel_init=glorot, rngs=rngs)
         self.gru = GRU(hidden_size, det_size, rngs=rngs)
 
-    def initial_state(self, batch_size: int) -> DeterministicState:
-        zeros = jnp.zeros((batch_size, self.det_size))
+    def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> DeterministicState:
+        zeros = jnp.zeros((batch_size, self.det_size), dtype)
         return DeterministicState(det_state=zeros, det_out=zeros)
 
     def __call__(

@@ -7,6 +7,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from clockwork._util import add_bias
 from clockwork.cells.base import GaussianState, StepOutput
@@ -91,9 +92,9 @@ class RSSMCell(nnx.Module):
         self.post_hidden = dense(e, e)
         self.post_head = _Gaussian(e, s, min_stddev, stddev_shift, rngs)
 
-    def initial_state(self, batch_size: int) -> GaussianState:
-        s = jnp.zeros((batch_size, self.stoch_size))
-        d = jnp.zeros((batch_size, self.det_size))
+    def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> GaussianState:
+        s = jnp.zeros((batch_size, self.stoch_size), dtype)
+        d = jnp.zeros((batch_size, self.det_size), dtype)
         return GaussianState(sample=s, det_state=d, det_out=d, mean=s, stddev=s)
 
     def __call__(

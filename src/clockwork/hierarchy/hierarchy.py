@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from clockwork.cells.base import Cell, unroll
 from clockwork.hierarchy.clock import Clock
@@ -58,9 +59,12 @@ class Hierarchy(nnx.Module):
       cells: one cell per level, fastest first; cell classes and sizes may differ.
       clock: the levels' periods; ``clock.levels == len(cells)``.
       action_size: size of optional actions concatenated to level 0's context.
+      remat: recompute the scans' per-step activations in the backward pass.
     """
 
-    def __init__(self, cells: Sequence[Cell], clock: Clock, *, action_size: int = 0):
+    def __init__(
+        self, cells: Sequence[Cell], clock: Clock, *, action_size: int = 0, remat: bool = False
+    ):
         if not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
         if len(cells) != clock.levels:
@@ -86,13 +90,14 @@ class Hierarchy(nnx.Module):
         self.cells = nnx.List(cells)
         self.clock = clock
         self.action_size = action_size
+        self.remat = remat
 
     @property
     def levels(self) -> int:
         return self.clock.levels
 
-    def initial_state(self, batch_size: int) -> tuple[Any, ...]:
-        return tuple(cell.initial_state(batch_size) for cell in self.cells)
+    def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> tuple[Any, ...]:
+        return tuple(cell.initial_state(batch_size, dtype) for cell in self.cells)
 
     def observe(
         self,
@@ -197,8 +202,9 @@ class Hierarchy(nnx.Module):
         batch: int,
         start: int | jax.Array = 0,
     ) -> Rollout:
+        given = [e for e in embeds if e is not None]
         if initial is None:
-            initial = self.initial_state(batch)
+            initial = self.initial_state(batch, given[0].dtype if given else jnp.float32)
         elif len(initial) != self.levels:
             raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
         if (actions is None) != (self.action_size == 0):
@@ -212,7 +218,7 @@ class Hierarchy(nnx.Module):
         keys = jax.random.split(key, self.levels)
         top = self.cells[-1]
         top_ctx = top.context_size - (self.action_size if self.levels == 1 else 0)
-        dtype = jnp.float32 if embeds[-1] is None else embeds[-1].dtype
+        dtype = given[0].dtype if given else jax.tree.leaves(initial[-1])[0].dtype
         context = jnp.zeros((batch, steps[-1], top_ctx), dtype)
         last, priors, posts = [None] * self.levels, [None] * self.levels, [None] * self.levels
         for level in reversed(range(self.levels)):
@@ -226,6 +232,7 @@ class Hierarchy(nnx.Module):
                 keys[level],
                 use_obs=use_obs[level],
                 start=start // self.clock.periods[level],
+                remat=self.remat,
             )
             last[level], priors[level], posts[level] = state, out.prior, out.posterior
             if level:

@@ -79,6 +79,17 @@ def kl_terms(
     return ElboTerms(tuple(kl), tuple(kl_loss), tuple(prior_ent), tuple(post_ent))
 
 
+def reconstruction_nll(frames: jax.Array, mean: jax.Array, stddev: float) -> jax.Array:
+    """``-sum log Normal(frames | mean, stddev)`` over all but the first axis: ``(B, ...) -> (B,)``.
+
+    Computed in float32 whatever the inputs' dtype.
+    """
+    if frames.shape != mean.shape:
+        raise ValueError(f"frames {frames.shape} and recon_mean {mean.shape} differ")
+    log_prob = gaussian_log_prob(frames.astype(jnp.float32), mean.astype(jnp.float32), stddev)
+    return -jnp.sum(log_prob, axis=tuple(range(1, frames.ndim)))
+
+
 def elbo_loss(
     frames: jax.Array,
     recon_mean: jax.Array,
@@ -103,12 +114,32 @@ def elbo_loss(
       The scalar loss and a dict of metrics, all divided by ``T``: ``nll``, ``kl``
       (sum over levels), and per level ``kl/l``, ``prior_entropy/l``, ``post_entropy/l``.
     """
-    if frames.shape != recon_mean.shape:
-        raise ValueError(f"frames {frames.shape} and recon_mean {recon_mean.shape} differ")
-    t = frames.shape[1]
+    nll = jnp.mean(reconstruction_nll(frames, recon_mean, dec_stddev))
+    return elbo_from_nll(
+        nll, frames.shape[1], posteriors, priors, beta=beta, free_nats=free_nats,
+        kl_grad_post_perc=kl_grad_post_perc,
+    )
+
+
+def elbo_from_nll(
+    nll: jax.Array,
+    frames: int,
+    posteriors: Sequence[Any],
+    priors: Sequence[Any],
+    *,
+    beta: PerLevel = None,
+    free_nats: PerLevel = None,
+    kl_grad_post_perc: float | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`elbo_loss` from a precomputed ``nll`` (summed over frames and pixels,
+    averaged over the batch) for sequences of ``frames`` frames."""
+    # Reduced-precision models: every sum of the objective runs in float32.
+    posteriors, priors = jax.tree.map(
+        lambda x: x.astype(jnp.float32), (tuple(posteriors), tuple(priors))
+    )
+    t = frames
     levels = len(priors)
     betas = _per_level("beta", beta, levels, 1.0)
-    nll = -jnp.mean(jnp.sum(gaussian_log_prob(frames, recon_mean, dec_stddev), axis=(1, 2, 3, 4)))
     terms = kl_terms(posteriors, priors, free_nats=free_nats, kl_grad_post_perc=kl_grad_post_perc)
     weighted = sum(b * k for b, k in zip(betas, terms.kl_loss))
     loss = (nll + weighted) / t
