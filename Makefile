@@ -12,7 +12,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev,data]"
+	$(BIN)/pip install -q -e ".[dev,data,examples]"
+
+demo: install
+	$(BIN)/python examples/train.py --config demo --logdir runs/demo
 
 test: install
 	$(BIN)/python -m pytest -n 2 -q

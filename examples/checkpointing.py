@@ -1,0 +1,78 @@
+"""Orbax checkpoints of a run: the train state and the input pipeline's position.
+
+A checkpoint ``<run>/checkpoints/<step>/`` holds two items: ``state`` (the
+:class:`~clockwork.training.TrainState`: step, parameters, optimiser state and the PRNG key
+as raw key data) and ``pipeline`` (the pipeline position, JSON). Orbax writes each into a
+temporary folder and renames it when complete, so a run killed while saving leaves the
+previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers
+
+from clockwork import CWVAE, CWVAEConfig
+from clockwork.training import TrainState, init_train_state, make_optimizer
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def manager(
+    directory: str | pathlib.Path, *, keep: int = 1, keep_every: int = 0, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """Keeps the ``keep`` latest checkpoints and every one at a multiple of ``keep_every``."""
+    policies: list[Any] = [checkpoint_managers.LatestN(keep)]
+    if keep_every:
+        policies.append(checkpoint_managers.EveryNSteps(keep_every))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def save(mgr: ocp.CheckpointManager, state: TrainState, pipeline: dict[str, int]) -> None:
+    """Writes checkpoint ``state.step`` (blocks until it is on disk)."""
+    stored = state.replace(key=jax.random.key_data(state.key))
+    mgr.save(
+        int(state.step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(stored), pipeline=ocp.args.JsonSave(pipeline)
+        ),
+    )
+
+
+def abstract_state(config: CWVAEConfig) -> tuple[nnx.GraphDef, TrainState]:
+    """The model's graph and the shapes of its train state, computing nothing."""
+
+    def create() -> TrainState:
+        model = CWVAE(config, rngs=nnx.Rngs(0))
+        return init_train_state(model, make_optimizer(config), jax.random.key(0))[1]
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: CWVAE(config, rngs=nnx.Rngs(0))))
+    return graphdef, jax.eval_shape(create)
+
+
+def restore(
+    mgr: ocp.CheckpointManager, step: int, abstract: TrainState
+) -> tuple[TrainState, dict[str, int]]:
+    """Checkpoint ``step`` as a train state shaped like ``abstract`` and a pipeline state."""
+    target = abstract.replace(key=jax.eval_shape(jax.random.key_data, abstract.key))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), pipeline=ocp.args.JsonRestore()
+        ),
+    )
+    state = restored.state.replace(key=jax.random.wrap_key_data(restored.state.key))
+    return state, dict(restored.pipeline)

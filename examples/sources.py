@@ -1,0 +1,53 @@
+"""The videos a run trains and evaluates on, from its :class:`~run_config.TrainConfig`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clockwork import data
+from run_config import TrainConfig
+
+GENERATED_SEED = 0
+"""Seed of generated Moving MNIST: every run sees the same videos, whatever its seed."""
+
+
+class Prefix:
+    """The first ``count`` videos of ``videos``, cut to their first ``frames`` frames."""
+
+    def __init__(self, videos: data.VideoSource, count: int, frames: int):
+        if len(videos) < count:
+            raise ValueError(f"the split has {len(videos)} videos, fewer than the {count} needed")
+        length = videos[0].shape[0]
+        if length < frames:
+            raise ValueError(f"the split's videos have {length} frames, fewer than {frames}")
+        self.videos, self.count, self.frames = videos, count, frames
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.videos[index][: self.frames]
+
+
+def train_videos(cfg: TrainConfig, seq_len: int) -> data.VideoSource:
+    """The training split; generated videos are ``seq_len`` frames long."""
+    if cfg.data_source == "generated":
+        return data.generate_moving_mnist(cfg.generated_videos, seq_len, GENERATED_SEED)
+    return _tfds_split(cfg, "train")
+
+
+def test_videos(cfg: TrainConfig, count: int, frames: int) -> Prefix:
+    """The first ``count`` test videos, cut to ``frames`` frames."""
+    if cfg.data_source == "generated":
+        videos = data.generate_moving_mnist(count, frames, GENERATED_SEED, digit_split="test")
+    else:
+        videos = _tfds_split(cfg, "test")
+    return Prefix(videos, count, frames)
+
+
+def _tfds_split(cfg: TrainConfig, split: str) -> data.TfdsVideos:
+    return data.load_split(
+        cfg.dataset, split, data_dir=cfg.datadir, generate_if_missing=cfg.dataset == "mmnist"
+    )

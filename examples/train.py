@@ -1,0 +1,388 @@
+"""Train a Clockwork VAE on Moving MNIST, GQN Mazes or MineRL Navigate.
+
+    python examples/train.py --config demo --logdir runs/demo
+    python examples/train.py --config mmnist --logdir runs/mmnist --datadir ~/tfds --seed 1
+    python examples/train.py --config mazes --logdir runs/mazes --levels 4 --factors 4,4,4
+
+``--config`` is a file of ``examples/configs/`` (``demo``, ``mmnist``, ``mazes``,
+``minerl``) or a YAML path; every config field can be overridden (``--<field> VALUE``).
+Running again with the same ``--logdir`` resumes the run from its last checkpoint (and
+may leave out ``--config``). The run folder gets ``config.yaml``, ``metrics.jsonl``,
+TensorBoard files in ``tb/``, checkpoints in ``checkpoints/`` and open-loop videos in
+``videos/``; see docs/examples.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorboardX
+from flax import nnx
+from tqdm import tqdm
+
+import checkpointing
+import fileio
+import media
+import run_config
+import sources
+from clockwork import CWVAE, data
+from clockwork.metrics import psnr, ssim
+from clockwork.training import (
+    TrainState,
+    init_train_state,
+    make_loss_fn,
+    make_optimizer,
+    make_train_step,
+)
+from run_config import RunConfig
+
+VIDEO_COLUMNS = 32  # frames per row of the PNG strips
+VideoFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss or gradient; nothing after it was saved."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, workdir = parse_args(argv)
+    try:
+        train_and_evaluate(config, workdir)
+    except NonFiniteLossError as e:
+        sys.exit(f"error: {e}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Path]:
+    """The resolved config and the run folder; exits with a message on a bad command line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], allow_abbrev=False,
+        usage="%(prog)s [--config NAME] --logdir DIR [--<field> VALUE ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="demo, mmnist, mazes, minerl or a .yaml path "
+                        "(default when resuming: the run folder's config.yaml)")
+    parser.add_argument("--logdir", required=True, type=pathlib.Path, help="the run folder")
+    run_config.add_arguments(parser)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        keys = [u.split("=")[0].lstrip("-") for u in unknown if u.startswith("-")]
+        parser.error(run_config.unknown_key_message(keys, "--") if keys
+                     else f"unexpected arguments: {' '.join(unknown)}")
+    saved = args.logdir / "config.yaml"
+    try:
+        overrides = run_config.overrides(args)
+        if args.config is not None:
+            config = run_config.load(args.config, overrides)
+        elif saved.is_file():
+            config = run_config.build(run_config.read(saved).to_dict(), overrides)
+        else:
+            parser.error(f"--config is required: {args.logdir} holds no config.yaml to resume")
+    except ValueError as e:
+        parser.error(str(e))
+    return config, args.logdir
+
+
+def train_and_evaluate(
+    config: RunConfig,
+    workdir: str | os.PathLike[str],
+    *,
+    videos: tuple[data.VideoSource, data.VideoSource] | None = None,
+) -> TrainState:
+    """Trains (or resumes) the run in ``workdir`` up to ``config.train.num_steps``.
+
+    Args:
+      config: the run's configuration.
+      workdir: the run folder; a checkpoint in it is resumed.
+      videos: ``(train, test)`` videos to use instead of those ``config`` names.
+
+    Returns:
+      The final train state.
+
+    Raises:
+      ValueError: ``workdir`` holds a run whose settings differ from ``config`` in a
+        field that would change the trajectory.
+      NonFiniteLossError: a step gave a non-finite loss or gradient norm; the checkpoints
+        written before it are kept and nothing after it is saved.
+    """
+    m, t = config.model, config.train
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepare_workdir(config, workdir)
+    wandb_run = start_wandb(config, workdir) if t.wandb else None
+    train_src, val_batch = load_videos(config, videos)
+    ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
+    mgr = checkpointing.manager(ckpt_dir, keep=t.keep, keep_every=t.keep_every)
+    optimizer = make_optimizer(m)
+    init_key, train_key, video_key = jax.random.split(jax.random.key(t.seed), 3)
+    pipeline = data.VideoPipeline(
+        train_src, seq_len=m.seq_len, batch_size=m.batch_size, seed=t.seed, prefetch=t.prefetch
+    )
+    last_saved = mgr.latest_step()
+    if last_saved is None:
+        graphdef, state = init_train_state(CWVAE(m, rngs=nnx.Rngs(init_key)), optimizer, train_key)
+    else:
+        graphdef, abstract = checkpointing.abstract_state(m)
+        state, position = checkpointing.restore(mgr, last_saved, abstract)
+        pipeline.restore(position)
+    start = int(state.step)
+    if start >= t.num_steps:
+        print(f"{workdir} has finished its {t.num_steps} steps (raise --num_steps to go on); "
+              f"its videos are in {workdir / 'videos'}", flush=True)
+    elif start:
+        print(f"resuming {workdir} from step {start}", flush=True)
+
+    step_fn = make_train_step(graphdef, optimizer)
+    video_fn = make_video_fn(graphdef, m.open_loop_ctx) if val_batch is not None else None
+    log = MetricLog(workdir, start, wandb_run)
+    bar = tqdm(total=t.num_steps, initial=start, unit="step", dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+    throughput = Throughput(m.batch_size * m.seq_len)
+    pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
+    perf: dict[str, float] = {}
+    written: list[pathlib.Path] = []
+    try:
+        for step in range(start + 1, t.num_steps + 1):
+            batch = next(pipeline)
+            state, metrics = step_fn(state, batch)
+            pending.append(metrics)
+            throughput.steps += 1
+            bar.update(1)
+            if step == start + 1:  # timed apart: it includes the compilation
+                jax.block_until_ready(metrics)
+                perf["perf/first_step_s"] = throughput.restart()
+            final = step == t.num_steps
+            if step % t.log_every == 0 or final:
+                means = window_means(pending, step, ckpt_dir, last_saved)
+                pending = []
+                if throughput.steps:
+                    perf["perf/frames_per_s"] = throughput.frames_per_s()
+                log.write(step, {**means, **perf})
+                status = progress(means, perf.get("perf/frames_per_s"))
+                perf = {}
+                if bar.disable:
+                    print(f"step {step}/{t.num_steps}  {status}", flush=True)
+                else:
+                    bar.set_postfix_str(status, refresh=True)
+            if video_fn is not None and (step % t.video_every == 0 or final):
+                key = jax.random.fold_in(video_key, step)
+                written = write_videos(video_fn, state.params, batch, val_batch, key, step,
+                                       workdir / "videos", log)
+            if step % t.ckpt_every == 0 or final:
+                checkpointing.save(mgr, state, pipeline.state())
+                last_saved = step
+            if step % t.log_every == 0 or final:
+                throughput.restart()  # frames/s leave out logging, videos and checkpoints
+    finally:
+        bar.close()
+        pipeline.close()
+        log.close()
+        mgr.close()
+    if written:
+        print("open-loop predictions:", *written, sep="\n  ", flush=True)
+    print(f"step {int(state.step)} of {t.num_steps}; run folder {workdir}", flush=True)
+    return state
+
+
+def load_videos(
+    config: RunConfig, videos: tuple[data.VideoSource, data.VideoSource] | None
+) -> tuple[data.VideoSource, np.ndarray | None]:
+    """The training videos and the fixed validation batch of the videos (None without)."""
+    m, t = config.model, config.train
+    if videos is None:
+        train_src = sources.train_videos(t, m.seq_len)
+        val_src = sources.test_videos(t, t.video_examples, m.seq_len) if t.video_every else None
+    else:
+        train_src = videos[0]
+        val_src = sources.Prefix(videos[1], t.video_examples, m.seq_len) if t.video_every else None
+    val_batch = None if val_src is None else np.stack([val_src[i] for i in range(len(val_src))])
+    return train_src, val_batch
+
+
+class Throughput:
+    """Training frames per second since the last restart."""
+
+    def __init__(self, frames_per_step: int):
+        self.frames_per_step = frames_per_step
+        self.start, self.steps = time.perf_counter(), 0
+
+    def restart(self) -> float:
+        """Starts a new window; returns the seconds of the one that ends."""
+        now = time.perf_counter()
+        elapsed, self.start, self.steps = now - self.start, now, 0
+        return elapsed
+
+    def frames_per_s(self) -> float:
+        return self.steps * self.frames_per_step / (time.perf_counter() - self.start)
+
+
+def prepare_workdir(config: RunConfig, workdir: pathlib.Path) -> None:
+    """Checks a run already in ``workdir`` against ``config``, then saves ``config``."""
+    path = workdir / "config.yaml"
+    if path.is_file():
+        conflicts = run_config.resume_conflicts(run_config.read(path), config)
+        if conflicts:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
+            raise ValueError(
+                f"{workdir} holds a run with other settings ({changes}); resume it with its "
+                "own settings or use another --logdir"
+            )
+    run_config.save(config, path)
+
+
+def window_means(
+    pending: list[dict[str, jax.Array]], step: int, ckpt_dir: pathlib.Path, last_saved: int | None
+) -> dict[str, float]:
+    """Means of the metrics of the steps ending at ``step``; raises if any is not finite."""
+    values = jax.device_get(pending)
+    first = step - len(values) + 1
+    for offset, metrics in enumerate(values):
+        bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+        if bad:
+            kept = (f"the last good checkpoint is step {last_saved} in {ckpt_dir}"
+                    if last_saved is not None else "no checkpoint was written")
+            raise NonFiniteLossError(
+                f"non-finite values at step {first + offset}: {bad}. Training stopped "
+                f"before saving it; {kept}. Start a "
+                "new run with a lower --lr or a smaller --grad_clip_norm, or check the data."
+            )
+    return {
+        f"train/{name}": float(np.mean(np.asarray([v[name] for v in values], np.float64)))
+        for name in values[0]
+    }
+
+
+def progress(means: dict[str, float], fps: float | None) -> str:
+    """``loss 1234.56  kl 1.2 0.3  456 frames/s`` (KL per level, fastest first)."""
+    kls = sorted((int(k.rsplit("/", 1)[1]), v) for k, v in means.items() if k.startswith("train/kl/"))
+    return (
+        f"loss {means['train/loss']:.2f}  kl {' '.join(f'{v:.3g}' for _, v in kls)}"
+        + (f"  {fps:.0f} frames/s" if fps is not None else "")
+    )
+
+
+def make_video_fn(graphdef: nnx.GraphDef, ctx: int) -> VideoFn:
+    """Jitted ``(params, train_u8, val_u8, key) -> (uint8 predictions, val metrics)``.
+
+    Predicts frames ``ctx..`` of both batches at once (one compilation); the validation
+    metrics are the ELBO terms and the mean PSNR and SSIM of the predictions (clipped to
+    ``[0, 1]``, as the evaluator scores them).
+    """
+    loss_fn = make_loss_fn(graphdef)
+
+    @jax.jit
+    def video_fn(params, train_u8, val_u8, key):
+        open_key, loss_key = jax.random.split(key)
+        frames = data.to_float(jnp.concatenate([train_u8, val_u8]))
+        pred = jnp.clip(nnx.merge(graphdef, params).open_loop(frames, ctx, open_key), 0.0, 1.0)
+        _, metrics = loss_fn(params, val_u8, loss_key)
+        val_pred, val_truth = pred[train_u8.shape[0]:], frames[train_u8.shape[0]:, ctx:]
+        metrics = dict(
+            metrics, psnr=jnp.mean(psnr(val_pred, val_truth)), ssim=jnp.mean(ssim(val_pred, val_truth))
+        )
+        pred_u8 = jnp.round(pred * 255.0).astype(jnp.uint8)
+        return pred_u8, metrics
+
+    return video_fn
+
+
+def write_videos(
+    video_fn: VideoFn, params: Any, batch: np.ndarray, val_batch: np.ndarray, key: jax.Array,
+    step: int, folder: pathlib.Path, log: MetricLog,
+) -> list[pathlib.Path]:
+    """Open-loop GIF and PNG of a training and a validation batch; logs val metrics."""
+    train = batch[: val_batch.shape[0]]
+    pred, metrics = jax.device_get(video_fn(params, train, val_batch, key))
+    log.write(step, {f"val/{k}": float(v) for k, v in metrics.items()})
+    folder.mkdir(exist_ok=True)
+    written = []
+    for split, truth, p in (("train", train, pred[: len(train)]),
+                            ("val", val_batch, pred[len(train):])):
+        stem = folder / f"{split}_step{step:07d}"
+        media.save_gif(stem.with_suffix(".gif"), media.open_loop_video(truth, p))
+        strip = media.open_loop_strip(truth, p, VIDEO_COLUMNS)
+        media.save_png(stem.with_suffix(".png"), strip)
+        log.image(f"{split}/open_loop", strip, step)
+        written += [stem.with_suffix(".png"), stem.with_suffix(".gif")]
+    return written
+
+
+class MetricLog:
+    """Scalars to ``metrics.jsonl`` and TensorBoard (and W&B), consistent across resumes.
+
+    Resuming at step ``start`` drops the records after it from ``metrics.jsonl`` and has
+    TensorBoard discard its events after it, so the logs read as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: pathlib.Path, start: int, wandb_run: Any = None):
+        self.path = workdir / "metrics.jsonl"
+        truncate_records(self.path, start)
+        self.file = open(self.path, "a")
+        self.tb = tensorboardX.SummaryWriter(str(workdir / "tb"), purge_step=start + 1)
+        self.wandb = wandb_run
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()
+        for name, value in scalars.items():
+            self.tb.add_scalar(name, value, step)
+        self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        self.tb.add_image(tag, media.rgb(image), step, dataformats="HWC")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(image)}, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def truncate_records(path: pathlib.Path, last_step: int) -> None:
+    """Keeps the complete records of ``path`` up to ``last_step`` (rewritten atomically)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the run was killed
+            continue
+        if record["step"] <= last_step:
+            kept.append(line + "\n")
+    with fileio.replacing(path) as tmp:
+        tmp.write_text("".join(kept))
+
+
+def start_wandb(config: RunConfig, workdir: pathlib.Path) -> Any:
+    """A W&B run resumed across restarts of this run folder (its id is kept in the folder)."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError("wandb: true needs the wandb package (pip install wandb)") from None
+    id_path = workdir / "wandb_id.txt"
+    if not id_path.exists():
+        id_path.write_text(wandb.util.generate_id())
+    return wandb.init(
+        project=config.train.wandb_project, id=id_path.read_text().strip(), resume="allow",
+        dir=str(workdir), config=config.to_dict(),
+    )
+
+
+if __name__ == "__main__":
+    main()
