@@ -58,6 +58,9 @@ def test_per_level_overrides():
     (dict(open_loop_ctx=-1), "open_loop_ctx"),
     (dict(kl_grad_post_perc=1.5), "kl_grad_post_perc"),
     (dict(beta=(1.0, 2.0)), "beta needs one value per level"),
+    (dict(conv_impl="cudnn"), "conv_impl must be one of"),
+    (dict(conv_chunk=0), "conv_chunk must be a positive integer or None"),
+    (dict(compute_dtype="float16"), "compute_dtype must be"),
 ])
 def test_config_rejects_bad_values(changes, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -172,15 +175,22 @@ def test_open_loop_in_chunks_equals_open_loop(model):
         next(model.open_loop_chunks(x[:, :3], 10, key))
 
 
-@pytest.mark.parametrize("changes,rtol", [(dict(remat=True, remat_chunk=3), 1e-5),
+PLAIN = dict(conv_impl="lax", conv_chunk=None, remat=False, compute_dtype="float32")
+
+
+@pytest.mark.parametrize("changes,rtol", [(dict(), 1e-5),
+                                          (dict(remat=True, conv_chunk=3), 1e-5),
+                                          (dict(conv_impl="lax", conv_chunk=4), 1e-5),
                                           (dict(compute_dtype="bfloat16"), 2e-2)])
 def test_speed_options_keep_the_loss_and_gradients(changes, rtol):
-    """Remat and bfloat16 compute against the plain float32 computation."""
+    """The defaults (matmul convs, chunked conv nets), remat and bfloat16 compute against
+    the plain computation: float32, lax convolutions, all frames at once."""
     from clockwork.training import make_loss_fn
 
     x = frames((2, 5, 64, 64, 1), seed=3)
     results = []
-    for cfg in (CWVAEConfig.preset("mmnist", **TINY), CWVAEConfig.preset("mmnist", **TINY, **changes)):
+    for cfg in (CWVAEConfig.preset("mmnist", **TINY, **PLAIN),
+                CWVAEConfig.preset("mmnist", **TINY, **changes)):
         graphdef, params = nnx.split(CWVAE(cfg, rngs=nnx.Rngs(0)), nnx.Param)
         loss_fn = make_loss_fn(graphdef)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, jax.random.key(2))

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from clockwork.hierarchy.clock import Clock
+from clockwork.nets import CONV_IMPLS
 
 CELLS = ("rssm", "gru")
 PerLevelInt = int | tuple[int, ...]
@@ -53,12 +54,13 @@ class CWVAEConfig:
     open_loop_ctx: int = 36
     # Speed and memory options (off by default; see docs/performance.md).
     compute_dtype: str = "float32"
+    conv_impl: str = "fast"
     remat: bool = False
-    remat_chunk: int = 50
+    conv_chunk: int | None = 50
 
     def __post_init__(self) -> None:
         for name in ("channels", "levels", "channel_mult", "filters", "batch_size", "seq_len",
-                     "eval_seq_len", "remat_chunk"):
+                     "eval_seq_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -83,6 +85,13 @@ class CWVAEConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if self.conv_chunk is not None and (
+            isinstance(self.conv_chunk, bool) or not isinstance(self.conv_chunk, int)
+            or self.conv_chunk < 1
+        ):
+            raise ValueError(f"conv_chunk must be a positive integer or None, got {self.conv_chunk!r}")
         if not isinstance(self.remat, bool):
             raise TypeError(f"remat must be a bool, got {self.remat!r}")
         if self.kl_grad_post_perc is not None and not 0.0 <= self.kl_grad_post_perc <= 1.0:

@@ -63,7 +63,7 @@ class CWVAE(nnx.Module):
         self.encoder = ConvEncoder(
             clock, channels=config.channels, channel_mult=config.channel_mult,
             filters=config.filters, dense_layers=config.enc_dense_layers,
-            dense_embed_size=config.enc_dense_embed_size, rngs=rngs,
+            dense_embed_size=config.enc_dense_embed_size, conv_impl=config.conv_impl, rngs=rngs,
         )
         cells = build_cells(config, self.encoder.embed_size, rngs)
         self.hierarchy = Hierarchy(
@@ -71,7 +71,7 @@ class CWVAE(nnx.Module):
         )
         self.decoder = ConvDecoder(
             cells[0].feature_size, channels=config.channels, channel_mult=config.channel_mult,
-            filters=config.filters, rngs=rngs,
+            filters=config.filters, conv_impl=config.conv_impl, rngs=rngs,
         )
 
     def check_frames(self, frames: jax.Array, name: str = "frames") -> None:
@@ -106,12 +106,8 @@ class CWVAE(nnx.Module):
         """Encode ``(B, T, 64, 64, C)`` frames and unroll the posterior."""
         self.check_frames(frames)
         self._check_actions(actions, frames.shape[0], frames.shape[1])
-        embeds = self.encoder(frames, remat_chunk=self._remat_chunk)
+        embeds = self.encoder(frames, chunk=self.config.conv_chunk)
         return self.hierarchy.observe(embeds, key, use_obs=use_obs, actions=actions)
-
-    @property
-    def _remat_chunk(self) -> int | None:
-        return self.config.remat_chunk if self.config.remat else None
 
     def loss(
         self, frames: jax.Array, key: jax.Array, *, actions: jax.Array | None = None
@@ -124,7 +120,7 @@ class CWVAE(nnx.Module):
           actions: ``(B, T, action_size)`` when the model takes actions.
         """
         cfg = self.config
-        chunk = self._remat_chunk
+        chunk = cfg.conv_chunk
         rollout = self.observe(frames, key, actions=actions)
         features = rollout.posteriors[0].feature
         if chunk is None:

@@ -2,6 +2,8 @@
 
 Frames are ``(B, T, 64, 64, C)``; every conv acts per frame. Kernels are ``HWIO``; the
 transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspose``).
+``conv_impl="fast"`` (default) computes the same arithmetic as matrix products
+(:mod:`clockwork.convops`), far faster on the CPU; ``"lax"`` is the plain reference.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import functools
 import math
 from collections.abc import Callable
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clockwork._util import add_bias, map_chunks
+from clockwork import convops
+from clockwork._util import map_chunks
 from clockwork.hierarchy.clock import Clock
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -24,24 +29,29 @@ glorot = nnx.initializers.glorot_uniform()
 ENCODER_KERNELS = (4, 4, 4, 4)
 DECODER_KERNELS = (5, 5, 6, 6)
 FRAME_SIZE = 64
-_DIMS = ("NHWC", "HWIO", "NHWC")
+ConvImpl = Literal["fast", "lax"]
+CONV_IMPLS = ("fast", "lax")
 
 
 class _Conv(nnx.Module):
     """A stride-2 VALID convolution (or transposed convolution) with bias."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, transpose: bool, rngs: nnx.Rngs):
+    def __init__(
+        self, cin: int, cout: int, kernel: int, transpose: bool, impl: ConvImpl, rngs: nnx.Rngs
+    ):
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
         self.kernel = nnx.Param(glorot(rngs.params(), (kernel, kernel, cin, cout)))
         self.bias = nnx.Param(jnp.zeros((cout,)))
         self.transpose = transpose
+        self.impl = impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        w = self.kernel[...]
+        """``(N, H, W, Cin) -> (N, H', W', Cout)``."""
+        w, b = self.kernel[...], self.bias[...]
         if self.transpose:
-            y = jax.lax.conv_transpose(x, w, (2, 2), "VALID", dimension_numbers=_DIMS)
-        else:
-            y = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=_DIMS)
-        return add_bias(y, self.bias[...])
+            return convops.conv_transpose2d(x, w, b, impl="auto" if self.impl == "fast" else "lax")
+        return convops.conv2d(x, w, b, impl="matmul" if self.impl == "fast" else "lax")
 
 
 def embed_size(filters: int = 32, channel_mult: int = 1) -> int:
@@ -69,6 +79,7 @@ class ConvEncoder(nnx.Module):
         dense_embed_size: int = 1000,
         activation: Activation = leaky_relu,
         dense_activation: Activation = jax.nn.relu,
+        conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
         if dense_layers < 0:
@@ -79,7 +90,7 @@ class ConvEncoder(nnx.Module):
         self.dense_activation = dense_activation
         widths = [channels] + [filters * channel_mult * 2**i for i in range(4)]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, False, rngs) for i, k in enumerate(ENCODER_KERNELS)]
+            [_Conv(widths[i], widths[i + 1], k, False, conv_impl, rngs) for i, k in enumerate(ENCODER_KERNELS)]
         )
         self.embed_size = embed_size(filters, channel_mult)
         stacks = []
@@ -97,17 +108,18 @@ class ConvEncoder(nnx.Module):
             x = self.activation(conv(x))
         return x.reshape(*lead, math.prod(x.shape[1:]))
 
-    def __call__(self, frames: jax.Array, *, remat_chunk: int | None = None) -> list[jax.Array]:
+    def __call__(self, frames: jax.Array, *, chunk: int | None = None) -> list[jax.Array]:
         """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``.
 
-        With ``remat_chunk`` the conv stack runs over chunks of that many frames and is
-        recomputed in the backward pass (bounded activation memory).
+        With ``chunk`` the conv stack runs over chunks of that many frames (the last
+        zero-padded) and is recomputed in the backward pass: the same numbers with the
+        activation memory of one chunk.
         """
-        if remat_chunk is None:
+        if chunk is None:
             h = self.frame_features(frames)
         else:
             flat = frames.reshape(-1, *frames.shape[2:])
-            h = map_chunks(self.frame_features, flat, remat_chunk)
+            h = map_chunks(self.frame_features, flat, chunk)
             h = h.reshape(*frames.shape[:2], h.shape[-1])
         out = [h]
         for level, stack in enumerate(self.stacks, start=1):
@@ -136,6 +148,7 @@ class ConvDecoder(nnx.Module):
         filters: int = 32,
         activation: Activation = leaky_relu,
         out_activation: Activation = jnp.tanh,
+        conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
         self.channels = channels
@@ -145,7 +158,7 @@ class ConvDecoder(nnx.Module):
         self.dense = nnx.Linear(feature_size, size, kernel_init=glorot, rngs=rngs)
         widths = [size] + [filters * channel_mult * 2**i for i in (2, 1, 0)] + [channels]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, True, rngs) for i, k in enumerate(DECODER_KERNELS)]
+            [_Conv(widths[i], widths[i + 1], k, True, conv_impl, rngs) for i, k in enumerate(DECODER_KERNELS)]
         )
 
     def __call__(self, features: jax.Array) -> jax.Array:

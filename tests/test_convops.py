@@ -1,0 +1,144 @@
+"""The matrix-product convolutions equal the lax reference, values and gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clockwork import convops
+
+Op = Callable[..., jax.Array]
+
+
+def _normal(shape: tuple[int, ...], dtype: jnp.dtype, seed: int) -> jax.Array:
+    # NumPy draws: jax.random would compile a sampler for every new shape.
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _inputs(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _normal(x_shape, dtype, 0), _normal(w_shape, dtype, 1), _normal(w_shape[-1:], dtype, 2)
+
+
+def _assert_matches(op: Op, impl: str, x: jax.Array, w: jax.Array, b: jax.Array) -> None:
+    y_shape = jax.eval_shape(lambda: op(x, w, b, impl="lax")).shape
+    g = _normal(y_shape, x.dtype, 7)
+
+    @jax.jit
+    def both(x: jax.Array, w: jax.Array, b: jax.Array) -> list[tuple[jax.Array, ...]]:
+        out = []
+        for i in (impl, "lax"):
+            y, vjp = jax.vjp(lambda *a, i=i: op(*a, impl=i), x, w, b)
+            out.append((y, *vjp(g)))
+        return out
+
+    got, ref = both(x, w, b)
+    for name, a, r in zip(("y", "dx", "dw", "db"), got, ref, strict=True):
+        assert a.shape == r.shape, name
+        scale = float(jnp.max(jnp.abs(r)))
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+# (input (N, H, W, Cin), kernel (K, K, Cin, Cout), stride): every encoder layer's
+# spatial shape with few channels, then odd sizes, kernels and strides.
+CONV_CASES = [
+    ((2, 64, 64, 1), (4, 4, 1, 3), 2),
+    ((2, 31, 31, 3), (4, 4, 3, 4), 2),
+    ((2, 14, 14, 2), (4, 4, 2, 3), 2),
+    ((2, 6, 6, 3), (4, 4, 3, 2), 2),
+    ((1, 9, 7, 2), (3, 3, 2, 2), 2),
+    ((2, 8, 11, 2), (5, 5, 2, 3), 2),
+    ((1, 10, 9, 2), (4, 4, 2, 3), 3),
+    ((1, 7, 6, 2), (3, 3, 2, 2), 1),
+]
+
+# Every decoder layer's spatial shape (1 -> 5, 5 -> 13, 13 -> 30, 30 -> 64), then odd ones.
+TRANSPOSE_CASES = [
+    ((2, 1, 1, 6), (5, 5, 6, 3), 2),
+    ((2, 5, 5, 3), (5, 5, 3, 4), 2),
+    ((2, 13, 13, 4), (6, 6, 4, 3), 2),
+    ((2, 30, 30, 3), (6, 6, 3, 1), 2),
+    ((1, 4, 7, 2), (3, 3, 2, 2), 2),
+    ((1, 3, 2, 2), (4, 4, 2, 3), 2),
+    ((1, 4, 3, 2), (5, 5, 2, 2), 3),
+    ((1, 5, 4, 2), (3, 3, 2, 2), 1),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "stride"), CONV_CASES)
+def test_conv2d_matmul_matches_lax(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int
+) -> None:
+    x, w, b = _inputs(x_shape, w_shape, jnp.float32)
+    op = lambda *a, impl: convops.conv2d(*a, stride=stride, impl=impl)  # noqa: E731
+    _assert_matches(op, "matmul", x, w, b)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "stride"), TRANSPOSE_CASES)
+def test_conv_transpose2d_subpixel_matches_lax(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int
+) -> None:
+    x, w, b = _inputs(x_shape, w_shape, jnp.float32)
+    op = lambda *a, impl: convops.conv_transpose2d(*a, stride=stride, impl=impl)  # noqa: E731
+    _assert_matches(op, "subpixel", x, w, b)
+
+
+def test_conv_transpose2d_dense_matches_lax() -> None:
+    x, w, b = _inputs((3, 1, 1, 5), (5, 5, 5, 4), jnp.float32)
+    _assert_matches(convops.conv_transpose2d, "dense", x, w, b)
+    with pytest.raises(ValueError, match="1x1"):
+        convops.conv_transpose2d(jnp.zeros((1, 2, 2, 5)), w, b, impl="dense")
+
+
+def test_auto_picks_subpixel_for_wide_outputs() -> None:
+    # 13x13 -> 30x30 with 4*Cout >= 16 takes the subpixel path; it must still match.
+    x, w, b = _inputs((1, 13, 13, 3), (6, 6, 3, 4), jnp.float32)
+    assert convops._auto_transpose_impl(x.shape, w.shape, 2) == "subpixel"
+    _assert_matches(convops.conv_transpose2d, "auto", x, w, b)
+
+
+@pytest.mark.parametrize(
+    ("op", "w_shape", "impl"),
+    [(convops.conv2d, (4, 4, 2, 3), "matmul"), (convops.conv_transpose2d, (6, 6, 2, 3), "subpixel")],
+)
+def test_leading_batch_dims_and_vmap(
+    op: Op, w_shape: tuple[int, ...], impl: str
+) -> None:
+    x, w, b = _inputs((2, 3, 9, 9, 2), w_shape, jnp.float32)
+    flat = op(x.reshape(6, 9, 9, 2), w, b, impl="lax")
+    np.testing.assert_allclose(
+        op(x, w, b, impl=impl), flat.reshape(2, 3, *flat.shape[1:]), rtol=1e-5, atol=1e-5
+    )
+    mapped = jax.vmap(lambda xi: op(xi, w, b, impl=impl))(x)
+    np.testing.assert_allclose(mapped, flat.reshape(2, 3, *flat.shape[1:]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("op", "x_shape", "w_shape", "impl"),
+    [
+        (convops.conv2d, (2, 31, 31, 3), (4, 4, 3, 4), "matmul"),
+        (convops.conv_transpose2d, (2, 13, 13, 4), (6, 6, 4, 3), "subpixel"),
+    ],
+)
+def test_bfloat16(
+    op: Op, x_shape: tuple[int, ...], w_shape: tuple[int, ...], impl: str
+) -> None:
+    x, w, b = _inputs(x_shape, w_shape, jnp.bfloat16)
+    got = op(x, w, b, impl=impl)
+    ref = op(x.astype(jnp.float32), w.astype(jnp.float32), b.astype(jnp.float32), impl="lax")
+    assert got.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(got.astype(jnp.float32), ref, rtol=0, atol=2e-2 * scale)
+
+
+def test_rejects_unbatched_input_and_unknown_impl() -> None:
+    w, b = jnp.zeros((4, 4, 2, 3)), jnp.zeros((3,))
+    with pytest.raises(ValueError, match="batch"):
+        convops.conv2d(jnp.zeros((8, 8, 2)), w, b)
+    with pytest.raises(ValueError, match="impl"):
+        convops.conv2d(jnp.zeros((1, 8, 8, 2)), w, b, impl="nope")  # type: ignore[arg-type]
