@@ -63,11 +63,24 @@ def abstract_state(config: CWVAEConfig) -> tuple[nnx.GraphDef, TrainState]:
 
 
 def restore(
-    mgr: ocp.CheckpointManager, step: int, abstract: TrainState
+    mgr: ocp.CheckpointManager, step: int, abstract: TrainState, sharding: Any = None
 ) -> tuple[TrainState, dict[str, int]]:
-    """Checkpoint ``step`` as a train state shaped like ``abstract`` and a pipeline state."""
+    """Checkpoint ``step`` as a train state shaped like ``abstract`` and a pipeline state.
+
+    ``sharding`` places the restored state: one ``jax.sharding.Sharding`` for every leaf
+    or a tree of them shaped like ``abstract`` (``clockwork.parallel.param_shardings``).
+    Any mesh works, whatever the mesh the checkpoint was written from; without it the
+    arrays go where Orbax puts them by default.
+    """
     target = abstract.replace(key=jax.eval_shape(jax.random.key_data, abstract.key))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    if sharding is None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    else:
+        if isinstance(sharding, jax.sharding.Sharding):
+            sharding = jax.tree.map(lambda _: sharding, target)
+        target = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, sharding
+        )
     restored = mgr.restore(
         step,
         args=ocp.args.Composite(

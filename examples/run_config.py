@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 import fileio
-from clockwork import CWVAEConfig
+from clockwork import CWVAEConfig, parallel
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 DATASETS = {"mmnist": 1, "mazes": 3, "minerl": 3}  # dataset -> channels
@@ -55,6 +55,9 @@ class TrainConfig:
       prefetch: batches read ahead by the input pipeline.
       wandb: also log to Weights & Biases (imported only when set).
       wandb_project: the W&B project.
+      mesh: ``None`` trains on one device; ``"auto"`` (every device on the data axis),
+        ``DATA`` or ``DATAxMODEL`` (``8``, ``"2x4"``) train data-parallel on a
+        ``clockwork.parallel`` mesh, ``batch_size`` being the global batch.
     """
 
     dataset: str = "mmnist"
@@ -72,8 +75,11 @@ class TrainConfig:
     prefetch: int = 2
     wandb: bool = False
     wandb_project: str = "clockwork"
+    mesh: int | str | None = None
 
     def __post_init__(self) -> None:
+        if self.mesh is not None:
+            parallel.parse_mesh(self.mesh)
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if self.data_source not in DATA_SOURCES:
@@ -103,9 +109,10 @@ class TrainConfig:
 
 RESUMABLE_CHANGES = frozenset(
     {"num_steps", "log_every", "ckpt_every", "keep", "keep_every", "video_every",
-     "video_examples", "prefetch", "datadir", "wandb", "wandb_project"}
+     "video_examples", "prefetch", "datadir", "wandb", "wandb_project", "mesh"}
 )
-"""Trainer fields that may differ when a run is resumed: none changes the trajectory."""
+"""Trainer fields that may differ when a run is resumed: none changes the trajectory
+(``mesh`` only up to float32 rounding)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +132,11 @@ class RunConfig:
         if t.video_every and t.video_examples > m.batch_size:
             raise ValueError(
                 f"video_examples ({t.video_examples}) must not exceed batch_size ({m.batch_size})"
+            )
+        data = None if t.mesh is None else parallel.parse_mesh(t.mesh)[0]
+        if data is not None and m.batch_size % data:
+            raise ValueError(
+                f"batch_size ({m.batch_size}) must be a multiple of the mesh's data axis ({data})"
             )
         top = m.clock.periods[-1]
         if m.open_loop_ctx % top:

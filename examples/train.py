@@ -3,13 +3,16 @@
     python examples/train.py --config demo --logdir runs/demo
     python examples/train.py --config mmnist --logdir runs/mmnist --datadir ~/tfds --seed 1
     python examples/train.py --config mazes --logdir runs/mazes --levels 4 --factors 4,4,4
+    python examples/train.py --config mmnist --logdir runs/mmnist --mesh 8       # 8 devices
+    python examples/train.py --config mmnist --logdir gs://b/run --mesh auto --distributed
 
 ``--config`` is a file of ``examples/configs/`` (``demo``, ``mmnist``, ``mazes``,
 ``minerl``) or a YAML path; every config field can be overridden (``--<field> VALUE``).
 Running again with the same ``--logdir`` resumes the run from its last checkpoint (and
 may leave out ``--config``). The run folder gets ``config.yaml``, ``metrics.jsonl``,
 TensorBoard files in ``tb/``, checkpoints in ``checkpoints/`` and open-loop videos in
-``videos/``; see docs/examples.md.
+``videos/``; see docs/examples.md. ``--mesh`` trains data-parallel on several devices and
+``--distributed`` on several hosts (one process each); see docs/parallel.md.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import fileio
 import media
 import run_config
 import sources
-from clockwork import CWVAE, data
+from clockwork import CWVAE, data, parallel
 from clockwork.metrics import psnr, ssim
 from clockwork.training import (
     TrainState,
@@ -55,7 +58,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config, workdir = parse_args(argv)
+    config, workdir, launch = _parse(argv)
+    if launch.distributed:
+        parallel.initialize_distributed(
+            launch.coordinator_address, launch.num_processes, launch.process_id
+        )
     try:
         train_and_evaluate(config, workdir)
     except NonFiniteLossError as e:
@@ -64,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Path]:
     """The resolved config and the run folder; exits with a message on a bad command line."""
+    return _parse(argv)[:2]
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[RunConfig, pathlib.Path, argparse.Namespace]:
+    """:func:`parse_args` plus the multi-process launch flags."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], allow_abbrev=False,
         usage="%(prog)s [--config NAME] --logdir DIR [--<field> VALUE ...]",
@@ -72,6 +84,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Pa
     parser.add_argument("--config", help="demo, mmnist, mazes, minerl or a .yaml path "
                         "(default when resuming: the run folder's config.yaml)")
     parser.add_argument("--logdir", required=True, type=pathlib.Path, help="the run folder")
+    launch = parser.add_argument_group(
+        "multi-process", "jax.distributed.initialize(); unset values come from the "
+        "environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a "
+        "TPU VM, SLURM, Open MPI); needs --mesh")
+    launch.add_argument("--distributed", action="store_true", help="join a multi-process run")
+    launch.add_argument("--coordinator_address", help="host:port of process 0")
+    launch.add_argument("--num_processes", type=int, help="processes in the run")
+    launch.add_argument("--process_id", type=int, help="this process, 0 .. num_processes-1")
     run_config.add_arguments(parser)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -89,7 +109,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Pa
             parser.error(f"--config is required: {args.logdir} holds no config.yaml to resume")
     except ValueError as e:
         parser.error(str(e))
-    return config, args.logdir
+    given = [f"--{k}" for k in ("coordinator_address", "num_processes", "process_id")
+             if getattr(args, k) is not None]
+    if given and not args.distributed:
+        parser.error(f"{', '.join(given)} need(s) --distributed")
+    if args.distributed and config.train.mesh is None:
+        parser.error("--distributed needs --mesh (e.g. --mesh auto)")
+    return config, args.logdir, args
 
 
 def train_and_evaluate(
@@ -113,39 +139,61 @@ def train_and_evaluate(
         field that would change the trajectory.
       NonFiniteLossError: a step gave a non-finite loss or gradient norm; the checkpoints
         written before it are kept and nothing after it is saved.
+
+    With ``config.train.mesh`` the step runs data-parallel on that mesh
+    (``clockwork.parallel``); in a multi-process run every process calls this, each
+    reads its own rows of the global batch, all write the checkpoints together (Orbax)
+    and only process 0 writes the config, logs and videos.
     """
     m, t = config.model, config.train
     workdir = pathlib.Path(workdir)
+    primary = jax.process_index() == 0
+    mesh = None if t.mesh is None else parallel.make_mesh(*parallel.parse_mesh(t.mesh))
+    if mesh is None and jax.process_count() > 1:
+        raise ValueError("a multi-process run needs a mesh (--mesh auto)")
+    rows = m.batch_size // jax.process_count()  # this process's rows of the global batch
+    if rows * jax.process_count() != m.batch_size:
+        raise ValueError(f"batch_size ({m.batch_size}) must be a multiple of the number of "
+                         f"processes ({jax.process_count()})")
+    if t.video_every and t.video_examples > rows:
+        raise ValueError(f"video_examples ({t.video_examples}) must not exceed the rows of "
+                         f"each process ({rows})")
     workdir.mkdir(parents=True, exist_ok=True)
-    prepare_workdir(config, workdir)
-    wandb_run = start_wandb(config, workdir) if t.wandb else None
+    prepare_workdir(config, workdir, write=primary)
+    wandb_run = start_wandb(config, workdir) if t.wandb and primary else None
     train_src, val_batch = load_videos(config, videos)
     ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
     mgr = checkpointing.manager(ckpt_dir, keep=t.keep, keep_every=t.keep_every)
     optimizer = make_optimizer(m)
     init_key, train_key, video_key = jax.random.split(jax.random.key(t.seed), 3)
     pipeline = data.VideoPipeline(
-        train_src, seq_len=m.seq_len, batch_size=m.batch_size, seed=t.seed, prefetch=t.prefetch
+        train_src, seq_len=m.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch
     )
     last_saved = mgr.latest_step()
     if last_saved is None:
         graphdef, state = init_train_state(CWVAE(m, rngs=nnx.Rngs(init_key)), optimizer, train_key)
+        if mesh is not None:
+            state = parallel.shard_params(state, mesh)
     else:
         graphdef, abstract = checkpointing.abstract_state(m)
-        state, position = checkpointing.restore(mgr, last_saved, abstract)
+        sharding = None if mesh is None else parallel.replicated(mesh)
+        state, position = checkpointing.restore(mgr, last_saved, abstract, sharding)
         pipeline.restore(position)
-    start = int(state.step)
-    if start >= t.num_steps:
+    start = int(parallel.host_local(state.step))
+    if primary and start >= t.num_steps:
         print(f"{workdir} has finished its {t.num_steps} steps (raise --num_steps to go on); "
               f"its videos are in {workdir / 'videos'}", flush=True)
-    elif start:
+    elif primary and start:
         print(f"resuming {workdir} from step {start}", flush=True)
 
-    step_fn = make_train_step(graphdef, optimizer)
+    if mesh is None:
+        step_fn = make_train_step(graphdef, optimizer)
+    else:
+        step_fn = parallel.make_sharded_train_step(graphdef, optimizer, mesh)
     video_fn = make_video_fn(graphdef, m.open_loop_ctx) if val_batch is not None else None
-    log = MetricLog(workdir, start, wandb_run)
+    log = MetricLog(workdir, start, wandb_run) if primary else None
     bar = tqdm(total=t.num_steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
+               disable=not (primary and sys.stderr.isatty()))
     throughput = Throughput(m.batch_size * m.seq_len)
     pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
     perf: dict[str, float] = {}
@@ -154,7 +202,7 @@ def train_and_evaluate(
         for step in range(start + 1, t.num_steps + 1):
             batch = next(pipeline)
             state, metrics = step_fn(state, batch)
-            pending.append(metrics)
+            pending.append(parallel.host_local(metrics))
             throughput.steps += 1
             bar.update(1)
             if step == start + 1:  # timed apart: it includes the compilation
@@ -166,17 +214,18 @@ def train_and_evaluate(
                 pending = []
                 if throughput.steps:
                     perf["perf/frames_per_s"] = throughput.frames_per_s()
-                log.write(step, {**means, **perf})
                 status = progress(means, perf.get("perf/frames_per_s"))
+                if log is not None:
+                    log.write(step, {**means, **perf})
+                    if bar.disable:
+                        print(f"step {step}/{t.num_steps}  {status}", flush=True)
+                    else:
+                        bar.set_postfix_str(status, refresh=True)
                 perf = {}
-                if bar.disable:
-                    print(f"step {step}/{t.num_steps}  {status}", flush=True)
-                else:
-                    bar.set_postfix_str(status, refresh=True)
-            if video_fn is not None and (step % t.video_every == 0 or final):
+            if video_fn is not None and log is not None and (step % t.video_every == 0 or final):
                 key = jax.random.fold_in(video_key, step)
-                written = write_videos(video_fn, state.params, batch, val_batch, key, step,
-                                       workdir / "videos", log)
+                written = write_videos(video_fn, parallel.host_local(state.params), batch,
+                                       val_batch, key, step, workdir / "videos", log)
             if step % t.ckpt_every == 0 or final:
                 checkpointing.save(mgr, state, pipeline.state())
                 last_saved = step
@@ -185,11 +234,14 @@ def train_and_evaluate(
     finally:
         bar.close()
         pipeline.close()
-        log.close()
+        if log is not None:
+            log.close()
         mgr.close()
     if written:
         print("open-loop predictions:", *written, sep="\n  ", flush=True)
-    print(f"step {int(state.step)} of {t.num_steps}; run folder {workdir}", flush=True)
+    if primary:
+        print(f"step {int(parallel.host_local(state.step))} of {t.num_steps}; run folder "
+              f"{workdir}", flush=True)
     return state
 
 
@@ -225,8 +277,9 @@ class Throughput:
         return self.steps * self.frames_per_step / (time.perf_counter() - self.start)
 
 
-def prepare_workdir(config: RunConfig, workdir: pathlib.Path) -> None:
-    """Checks a run already in ``workdir`` against ``config``, then saves ``config``."""
+def prepare_workdir(config: RunConfig, workdir: pathlib.Path, *, write: bool = True) -> None:
+    """Checks a run already in ``workdir`` against ``config``, then saves ``config``
+    (if ``write``: in a multi-process run, process 0 only)."""
     path = workdir / "config.yaml"
     if path.is_file():
         conflicts = run_config.resume_conflicts(run_config.read(path), config)
@@ -236,7 +289,8 @@ def prepare_workdir(config: RunConfig, workdir: pathlib.Path) -> None:
                 f"{workdir} holds a run with other settings ({changes}); resume it with its "
                 "own settings or use another --logdir"
             )
-    run_config.save(config, path)
+    if write:
+        run_config.save(config, path)
 
 
 def window_means(

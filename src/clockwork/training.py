@@ -77,14 +77,13 @@ def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[..., tuple[jax.Array, dict[
     return loss_fn
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, donate: bool = True
+def make_train_step_fn(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted ``step(state, frames, actions=None) -> (state, metrics)``.
+    """The pure, unjitted ``step(state, frames, actions=None) -> (state, metrics)``.
 
-    ``frames`` are ``(B, T, 64, 64, C)``, ``uint8`` (converted on device) or floats in
-    ``[0, 1]``. ``metrics`` holds the loss terms of :func:`~clockwork.losses.elbo_loss`
-    and ``grad_norm``. With ``donate`` the input state's buffers are reused.
+    :func:`make_train_step` jits it for one device; ``clockwork.parallel`` jits it with
+    shardings for a mesh.
     """
     loss_fn = make_loss_fn(graphdef)
 
@@ -100,4 +99,17 @@ def make_train_step(
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=key)
         return new, metrics
 
+    return step
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, donate: bool = True
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted ``step(state, frames, actions=None) -> (state, metrics)``.
+
+    ``frames`` are ``(B, T, 64, 64, C)``, ``uint8`` (converted on device) or floats in
+    ``[0, 1]``. ``metrics`` holds the loss terms of :func:`~clockwork.losses.elbo_loss`
+    and ``grad_norm``. With ``donate`` the input state's buffers are reused.
+    """
+    step = make_train_step_fn(graphdef, optimizer)
     return jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -1,0 +1,236 @@
+"""Data-parallel training on a device mesh, one host or many, with JAX's own runtime.
+
+A mesh has a ``data`` axis (the batch is split along it) and a ``model`` axis (size 1
+unless parameters are sharded by rules). The training step is the one of
+:func:`clockwork.training.make_train_step_fn`, jitted with explicit shardings: the batch
+is split over ``data``, the parameters and optimiser state are replicated (or placed by
+rules), and XLA's partitioner inserts the gradient all-reduce. Noise comes from the
+partitionable threefry generator (``jax_threefry_partitionable``, on by default), so a
+step on any mesh draws the same numbers as on one device.
+
+Multi-host: call :func:`initialize_distributed` first in every process; each process then
+feeds its own rows of the global batch (``VideoPipeline`` reads its shard by
+``jax.process_index()``) and :func:`shard_batch` assembles the global array.
+
+>>> mesh = make_mesh(1)
+>>> dict(mesh.shape)
+{'data': 1, 'model': 1}
+>>> shard_batch(np.zeros((4, 2), np.float32), mesh).sharding.spec
+PartitionSpec('data',)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from clockwork.training import TrainState, make_train_step_fn
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+Rules = Sequence[tuple[str, PartitionSpec]]
+"""``(regex, spec)`` pairs: a leaf whose path matches ``regex`` (``re.search``) gets ``spec``."""
+
+
+def parse_mesh(spec: str | int) -> tuple[int | None, int]:
+    """``"8"`` -> ``(8, 1)``, ``"2x4"`` -> ``(2, 4)`` (data x model), ``"auto"`` -> ``(None, 1)``.
+
+    ``None`` as the data size means every device not on the model axis.
+
+    Raises:
+      ValueError: ``spec`` is none of these forms or holds a size below 1.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return None, 1
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if match is None or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
+        raise ValueError(
+            f"mesh must be 'auto', DATA or DATAxMODEL with positive integers (8, 2x4), got {spec!r}"
+        )
+    return int(match[1]), int(match[2] or 1)
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``(data, model)`` mesh over ``devices`` (default: all devices of all processes).
+
+    ``data=None`` takes ``len(devices) // model``. Both axes are ``AxisType.Auto``: XLA
+    propagates shardings through the model, which needs no sharding annotations.
+
+    Raises:
+      ValueError: the mesh needs more devices than there are, or ``model`` does not
+        divide them when ``data`` is None.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if data is None:
+        if len(devices) % model:
+            raise ValueError(f"model axis {model} does not divide the {len(devices)} devices")
+        data = len(devices) // model
+    if data * model > len(devices):
+        raise ValueError(
+            f"a {data}x{model} mesh needs {data * model} devices; there are {len(devices)}"
+        )
+    return jax.make_mesh(
+        (data, model), (DATA_AXIS, MODEL_AXIS), axis_types=(AxisType.Auto,) * 2,
+        devices=devices[: data * model],
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``data``, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def param_shardings(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """A sharding per leaf of ``tree``: the first rule matching its path, else replicated.
+
+    Paths are joined with ``/``, e.g. ``params/decoder/dense/kernel/value`` for a
+    :class:`~clockwork.training.TrainState` (the optimiser state's moments carry the same
+    parameter names, so one rule places a parameter and its Adam moments alike).
+    """
+    compiled = [(re.compile(pattern), spec) for pattern, spec in rules or ()]
+
+    def place(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
+        name = _path_name(path)
+        for pattern, spec in compiled:
+            if pattern.search(name) and len(spec) <= len(np.shape(leaf)):
+                return NamedSharding(mesh, spec)
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(place, tree)
+
+
+def shard_params(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """``tree`` placed on ``mesh`` by :func:`param_shardings` (replicated by default).
+
+    With several processes each must hold the same values (same seed); every process
+    fills its own devices from its copy.
+    """
+    shardings = param_shardings(tree, mesh, rules)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(_global_array, tree, shardings)
+
+
+def _global_array(x: Any, sharding: NamedSharding) -> jax.Array:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """A global array per leaf, ``(B, ...)`` split over ``data``.
+
+    A jax array already placed so is returned as it is. A host array holds this process's
+    rows: with one process they are the whole batch; with ``P`` processes the global
+    batch has ``P * rows`` rows, process ``p``'s rows placed on its own devices
+    (``jax.make_array_from_process_local_data``).
+
+    Raises:
+      ValueError: the global batch size is not a multiple of the data axis.
+    """
+    sharding = batch_sharding(mesh)
+    data = mesh.shape[DATA_AXIS]
+
+    def place(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        size = x.shape[0] * (jax.process_count() if not isinstance(x, jax.Array) else 1)
+        if size % data:
+            raise ValueError(
+                f"batch size {size} is not divisible by the data axis of the mesh ({data} "
+                f"devices); use a batch size that is a multiple of {data}"
+            )
+        if jax.process_count() == 1 or isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(place, batch)
+
+
+def host_local(tree: Any) -> Any:
+    """Replicated global arrays as single-device arrays of this process (no communication).
+
+    A step's metrics and replicated parameters span all processes' devices; this gives
+    each process a copy it can read (``jax.device_get``) or pass to a local computation.
+    """
+
+    def local(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(f"a sharded array {x.shape} has no single local copy")
+            return x.addressable_data(0)
+        return x
+
+    return jax.tree.map(local, tree)
+
+
+def make_sharded_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    state_sharding: Any = None,
+    donate: bool = True,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """``step(state, frames, actions=None) -> (state, metrics)`` data-parallel on ``mesh``.
+
+    The same step as :func:`clockwork.training.make_train_step`, jitted with explicit
+    shardings. ``frames (B, T, 64, 64, C)`` (and ``actions (B, T, A)``) go through
+    :func:`shard_batch` (host arrays are this process's rows); ``B`` must be a multiple of
+    the data axis. ``state`` should already be on ``mesh`` (:func:`shard_params`);
+    ``state_sharding`` is its sharding tree, or a single sharding for all leaves
+    (default: replicated). Metrics come back replicated.
+    """
+    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
+    batch = batch_sharding(mesh)
+    jitted = jax.jit(
+        make_train_step_fn(graphdef, optimizer),
+        in_shardings=(state_sharding, batch, batch),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+    def step(state: TrainState, frames: Any, actions: Any = None):
+        return jitted(state, shard_batch(frames, mesh), shard_batch(actions, mesh))
+
+    return step
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """``jax.distributed.initialize`` with these values, else the environment's.
+
+    Unset values come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` if set, else from JAX's cluster detection (Cloud TPU, SLURM, Open
+    MPI, Kubernetes). Call it once per process, before any other JAX computation.
+    """
+    if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )

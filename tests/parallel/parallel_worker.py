@@ -1,0 +1,164 @@
+"""Subprocess side of tests/parallel: fake CPU devices need XLA_FLAGS before JAX starts.
+
+    python parallel_worker.py MODE OUT_DIR [ARGS...]
+
+``mesh``: one step on 1 device, on a mesh of 8 and on a 2x4 mesh with rules; error
+messages; saves the 8-device state as a checkpoint and the 2-step single-device
+reference for ``distributed``. ``restore``: restores that checkpoint on the devices of
+this process (all of them on one mesh). ``distributed PORT ID``: two processes, one device each, train two steps.
+Each mode writes ``OUT_DIR/<mode>[-<id>].json`` (and ``.npz`` of parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import checkpointing  # noqa: E402
+
+from clockwork import CWVAE, CWVAEConfig, parallel  # noqa: E402
+from clockwork.data import VideoPipeline  # noqa: E402
+from clockwork.training import init_train_state, make_optimizer, make_train_step  # noqa: E402
+
+CONFIG = CWVAEConfig.preset("mmnist").replace(
+    levels=2, temporal_factor=2, filters=2, stoch_size=2, det_size=3, hidden_size=3,
+    enc_dense_layers=2, enc_dense_embed_size=4, batch_size=8, seq_len=4, lr=1e-3,
+    dec_stddev=1.0,
+)
+RULES = [(r"decoder/dense/kernel", PartitionSpec(None, parallel.MODEL_AXIS))]
+VIDEOS = np.random.default_rng(0).integers(0, 256, (8, 8, 64, 64, 1), np.uint8)  # 16 windows
+
+
+def fresh_state():
+    optimizer = make_optimizer(CONFIG)
+    model = CWVAE(CONFIG, rngs=nnx.Rngs(0))
+    return (*init_train_state(model, optimizer, jax.random.key(1)), optimizer)
+
+
+def frames(batch: int = 8) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (batch, 4, 64, 64, 1), np.uint8)
+
+
+def flat_params(state) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves_with_path(parallel.host_local(state.params))
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def specs(tree) -> list[str]:
+    return sorted({str(x.sharding.spec) for x in jax.tree.leaves(tree)})
+
+
+def error(fn) -> str:
+    try:
+        fn()
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+def mesh_mode(out: pathlib.Path) -> dict:
+    graphdef, state, optimizer = fresh_state()
+    single_step = make_train_step(graphdef, optimizer, donate=False)
+    single_state, single_metrics = single_step(state, frames())
+    single = flat_params(single_state)
+    result = {"devices": jax.device_count(), "loss_1": float(single_metrics["loss"])}
+    for name, (data, model, rules) in {"8": (8, 1, None), "2x4": (2, 4, RULES)}.items():
+        mesh = parallel.make_mesh(data, model)
+        shardings = parallel.param_shardings(state, mesh, rules)
+        step = parallel.make_sharded_train_step(
+            graphdef, optimizer, mesh, state_sharding=shardings, donate=False
+        )
+        new, metrics = step(parallel.shard_params(state, mesh, rules), frames())
+        kernel = new.params["decoder"]["dense"]["kernel"][...]
+        result[name] = {
+            "loss": float(metrics["loss"]),
+            "grad_norm_diff": abs(float(metrics["grad_norm"]) - float(single_metrics["grad_norm"])),
+            "max_param_diff": max_diff(single, flat_params(new)),
+            "mesh": dict(mesh.shape),
+            "param_specs": specs(new.params),
+            "dense_kernel_spec": str(kernel.sharding.spec),
+            "metric_specs": specs(metrics),
+            "step": int(new.step),
+        }
+        if name == "8":
+            mgr = checkpointing.manager(out / "ckpt")
+            checkpointing.save(mgr, new, {"epoch": 0, "step": 1})
+            mgr.close()
+            np.savez(out / "saved.npz", **flat_params(new))
+            result["batch_error"] = error(lambda: step(new, frames(6)))
+    result["mesh_error"] = error(lambda: parallel.parse_mesh("2x"))
+    result["size_error"] = error(lambda: parallel.make_mesh(16))
+
+    # The reference of the two-process run: two steps on the combined batches.
+    pipeline = VideoPipeline(VIDEOS, seq_len=4, batch_size=4, seed=3, process_index=0,
+                             process_count=1, prefetch=0)
+    for _ in range(2):
+        state, _ = single_step(state, next(pipeline))
+    np.savez(out / "reference.npz", **flat_params(state))
+    return result
+
+
+def restore_mode(out: pathlib.Path) -> dict:
+    mesh = parallel.make_mesh()
+    _, abstract = checkpointing.abstract_state(CONFIG)
+    mgr = checkpointing.manager(out / "ckpt", read_only=True)
+    state, position = checkpointing.restore(mgr, 1, abstract, parallel.replicated(mesh))
+    return {
+        "devices": jax.device_count(),
+        "step": int(state.step),
+        "position": position,
+        "max_param_diff": max_diff(dict(np.load(out / "saved.npz")), flat_params(state)),
+        "device_sets": sorted({len(x.sharding.device_set) for x in jax.tree.leaves(state)}),
+    }
+
+
+def distributed_mode(out: pathlib.Path, port: str, process_id: str) -> dict:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id))
+    mesh = parallel.make_mesh()
+    graphdef, state, optimizer = fresh_state()
+    state = parallel.shard_params(state, mesh)
+    pipeline = VideoPipeline(VIDEOS, seq_len=4, batch_size=2, seed=3, prefetch=0)
+    step = parallel.make_sharded_train_step(graphdef, optimizer, mesh)
+    for _ in range(2):
+        state, metrics = step(state, next(pipeline))
+    np.savez(out / f"distributed-{process_id}.npz", **flat_params(state))
+    result = {
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "rows": pipeline.batch_size,
+        "loss": float(parallel.host_local(metrics)["loss"]),
+    }
+    jax.distributed.shutdown()
+    return result
+
+
+def main() -> None:
+    mode, out = sys.argv[1], pathlib.Path(sys.argv[2])
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    if mode == "mesh":
+        result, name = mesh_mode(out), "mesh"
+    elif mode == "restore":
+        result, name = restore_mode(out), f"restore-{jax.device_count()}"
+    else:
+        result, name = distributed_mode(out, *sys.argv[3:]), f"distributed-{sys.argv[4]}"
+    (out / f"{name}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Sharded training on fake CPU devices and two local processes (clockwork.parallel).
+
+Fake devices need ``XLA_FLAGS`` before JAX starts, so the checks run in subprocesses
+(``parallel_worker.py``) and the tests read their JSON.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clockwork import parallel
+
+WORKER = pathlib.Path(__file__).with_name("parallel_worker.py")
+TIMEOUT = 300  # seconds; a hung collective fails the test instead of blocking CI
+
+
+def start(mode: str, out: pathlib.Path, *args: str, devices: int = 1) -> subprocess.Popen:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, str(WORKER), mode, str(out), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> None:
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"worker timed out:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> pathlib.Path:
+    """The 8-device run (with its checkpoint and reference), then restores and 2 processes."""
+    out = tmp_path_factory.mktemp("parallel")
+    finish(start("mesh", out, devices=8))
+    port = str(free_port())
+    workers = [start("restore", out, devices=1), start("restore", out, devices=4),
+               *(start("distributed", out, port, str(i)) for i in range(2))]
+    for worker in workers:
+        finish(worker)
+    return out
+
+
+def read(out: pathlib.Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("mesh", ["8", "2x4"])
+def test_a_sharded_step_equals_the_single_device_step(runs, mesh):
+    result = read(runs, "mesh")
+    assert result["devices"] == 8
+    sharded = result[mesh]
+    assert sharded["step"] == 1
+    np.testing.assert_allclose(sharded["loss"], result["loss_1"], rtol=1e-6)
+    assert sharded["grad_norm_diff"] <= 1e-5 * result["loss_1"]
+    assert sharded["max_param_diff"] < 1e-6
+    assert sharded["metric_specs"] == ["P()"]
+
+
+def test_outputs_have_the_intended_shardings(runs):
+    result = read(runs, "mesh")
+    assert result["8"]["mesh"] == {"data": 8, "model": 1}
+    assert result["8"]["param_specs"] == ["P()"]  # replicated by default
+    assert result["2x4"]["mesh"] == {"data": 2, "model": 4}
+    assert result["2x4"]["dense_kernel_spec"] == "P(None, 'model')"  # placed by the rule
+    assert result["2x4"]["param_specs"] == ["P()", "P(None, 'model')"]
+
+
+def test_errors_name_the_sizes(runs):
+    result = read(runs, "mesh")
+    assert result["batch_error"].startswith(
+        "batch size 6 is not divisible by the data axis of the mesh (8 devices)")
+    assert result["size_error"] == "a 16x1 mesh needs 16 devices; there are 8"
+    assert "got '2x'" in result["mesh_error"]
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_a_checkpoint_from_8_devices_restores_on_fewer(runs, devices):
+    result = read(runs, f"restore-{devices}")
+    assert result["devices"] == devices and result["device_sets"] == [devices]
+    assert result["step"] == 1 and result["position"]["step"] == 1
+    assert result["max_param_diff"] == 0.0
+
+
+def test_two_processes_train_like_one_on_the_combined_batch(runs):
+    results = [read(runs, f"distributed-{i}") for i in range(2)]
+    for r in results:
+        assert r["process_count"] == 2 and r["devices"] == 2 and r["local_devices"] == 1
+        assert r["rows"] == 2  # each process reads its half of the global batch of 4
+    assert results[0]["loss"] == results[1]["loss"]
+    first, second = (dict(np.load(runs / f"distributed-{i}.npz")) for i in range(2))
+    reference = dict(np.load(runs / "reference.npz"))
+    for name, value in reference.items():
+        np.testing.assert_array_equal(first[name], second[name])
+        np.testing.assert_allclose(first[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("spec,shape", [
+    ("8", (8, 1)), ("2x4", (2, 4)), ("auto", (None, 1)), (8, (8, 1)), (" 1X2 ", (1, 2)),
+])
+def test_parse_mesh(spec, shape):
+    assert parallel.parse_mesh(spec) == shape
+
+
+@pytest.mark.parametrize("spec", ["", "0", "2x0", "x4", "2x4x1", "eight", "-2"])
+def test_parse_mesh_rejects(spec):
+    with pytest.raises(ValueError, match="mesh must be 'auto', DATA or DATAxMODEL"):
+        parallel.parse_mesh(spec)
