@@ -126,12 +126,12 @@ class CWVAE(nnx.Module):
         if chunk is None:
             nll = jnp.mean(reconstruction_nll(frames, self.decoder(features), cfg.dec_stddev))
         else:
-            def frame_nll(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+            def frame_nll(decoder: ConvDecoder, args: tuple[jax.Array, jax.Array]) -> jax.Array:
                 feature, frame = args
-                return reconstruction_nll(frame, self.decoder(feature), cfg.dec_stddev)
+                return reconstruction_nll(frame, decoder(feature), cfg.dec_stddev)
 
             flat = (features.reshape(-1, features.shape[-1]), frames.reshape(-1, *frames.shape[2:]))
-            nll = jnp.sum(map_chunks(frame_nll, flat, chunk)) / frames.shape[0]
+            nll = jnp.sum(map_chunks(frame_nll, self.decoder, flat, chunk)) / frames.shape[0]
         return elbo_from_nll(
             nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=cfg.beta,
             free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,

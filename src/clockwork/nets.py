@@ -119,7 +119,7 @@ class ConvEncoder(nnx.Module):
             h = self.frame_features(frames)
         else:
             flat = frames.reshape(-1, *frames.shape[2:])
-            h = map_chunks(self.frame_features, flat, chunk)
+            h = map_chunks(lambda enc, x: enc.frame_features(x), self, flat, chunk)
             h = h.reshape(*frames.shape[:2], h.shape[-1])
         out = [h]
         for level, stack in enumerate(self.stacks, start=1):

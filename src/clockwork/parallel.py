@@ -4,7 +4,10 @@ A mesh has a ``data`` axis (the batch is split along it) and a ``model`` axis (s
 unless parameters are sharded by rules). The training step is the one of
 :func:`clockwork.training.make_train_step_fn`, jitted with explicit shardings: the batch
 is split over ``data``, the parameters and optimiser state are replicated (or placed by
-rules), and XLA's partitioner inserts the gradient all-reduce. Noise comes from the
+rules), and XLA's partitioner places the rest. The hierarchy's scans and the conv nets'
+chunk loops run under ``jax.shard_map`` on each device's rows (:func:`per_shard_loops`),
+so no collective runs inside a loop and each weight gradient is reduced across devices
+once per step. Noise comes from the
 partitionable threefry generator (``jax_threefry_partitionable``, on by default), so a
 step on any mesh draws the same numbers as on one device.
 
@@ -32,6 +35,7 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from clockwork._util import per_shard_loops
 from clockwork.training import TrainState, make_train_step_fn
 
 DATA_AXIS = "data"
@@ -199,12 +203,19 @@ def make_sharded_train_step(
     :func:`shard_batch` (host arrays are this process's rows); ``B`` must be a multiple of
     the data axis. ``state`` should already be on ``mesh`` (:func:`shard_params`);
     ``state_sharding`` is its sharding tree, or a single sharding for all leaves
-    (default: replicated). Metrics come back replicated.
+    (default: replicated). Metrics come back replicated. ``step.lower(state, frames)``
+    gives the lowered program, as ``jax.jit``'s ``lower`` does.
     """
     state_sharding = replicated(mesh) if state_sharding is None else state_sharding
     batch = batch_sharding(mesh)
+    step_fn = make_train_step_fn(graphdef, optimizer)
+
+    def per_shard(state: TrainState, frames: jax.Array, actions: jax.Array | None):
+        with per_shard_loops(mesh, DATA_AXIS):
+            return step_fn(state, frames, actions)
+
     jitted = jax.jit(
-        make_train_step_fn(graphdef, optimizer),
+        per_shard,
         in_shardings=(state_sharding, batch, batch),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,) if donate else (),
@@ -213,6 +224,10 @@ def make_sharded_train_step(
     def step(state: TrainState, frames: Any, actions: Any = None):
         return jitted(state, shard_batch(frames, mesh), shard_batch(actions, mesh))
 
+    def lower(state: TrainState, frames: Any, actions: Any = None) -> Any:
+        return jitted.lower(state, shard_batch(frames, mesh), shard_batch(actions, mesh))
+
+    step.lower = lower  # type: ignore[attr-defined]
     return step
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sys
 
 import jax
@@ -27,12 +28,17 @@ import checkpointing  # noqa: E402
 
 from clockwork import CWVAE, CWVAEConfig, parallel  # noqa: E402
 from clockwork.data import VideoPipeline  # noqa: E402
-from clockwork.training import init_train_state, make_optimizer, make_train_step  # noqa: E402
+from clockwork.training import (  # noqa: E402
+    init_train_state,
+    make_loss_fn,
+    make_optimizer,
+    make_train_step,
+)
 
 CONFIG = CWVAEConfig.preset("mmnist").replace(
     levels=2, temporal_factor=2, filters=2, stoch_size=2, det_size=3, hidden_size=3,
     enc_dense_layers=2, enc_dense_embed_size=4, batch_size=8, seq_len=4, lr=1e-3,
-    dec_stddev=1.0,
+    dec_stddev=1.0, conv_chunk=8,
 )
 RULES = [(r"decoder/dense/kernel", PartitionSpec(None, parallel.MODEL_AXIS))]
 VIDEOS = np.random.default_rng(0).integers(0, 256, (8, 8, 64, 64, 1), np.uint8)  # 16 windows
@@ -61,6 +67,44 @@ def specs(tree) -> list[str]:
     return sorted({str(x.sharding.spec) for x in jax.tree.leaves(tree)})
 
 
+def loop_collectives(hlo: str) -> int:
+    """Collectives inside the bodies of the while loops (scans, chunk maps) of compiled HLO."""
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+    count = 0
+    for computation in re.split(r"\n(?=\S.*\{\s*$)", hlo, flags=re.M):
+        head = re.match(r"\s*(?:ENTRY\s+)?%?([\w.\-]+)", computation)
+        if head and head.group(1) in bodies:
+            count += len(re.findall(
+                r"\b(?:all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
+                computation,
+            ))
+    return count, len(bodies)
+
+
+def grad_diff(graphdef, params, mesh, shardings) -> float:
+    """Largest gradient difference, sharded against one device, relative to the largest gradient."""
+    loss_fn = make_loss_fn(graphdef)
+
+    def grads(p, f, k):
+        return jax.grad(loss_fn, has_aux=True)(p, f, k)[0]
+
+    def sharded(p, f, k):
+        with parallel.per_shard_loops(mesh, parallel.DATA_AXIS):
+            return grads(p, f, k)
+
+    key = jax.random.key(2)
+    single = jax.jit(grads)(params, frames(), key)
+    batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    many = jax.jit(sharded, in_shardings=(shardings, batch, rep))(
+        parallel.shard_params(params, mesh, RULES if mesh.shape["model"] > 1 else None),
+        parallel.shard_batch(frames(), mesh), key,
+    )
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(single))
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                         single, parallel.host_local(many))
+    return max(jax.tree.leaves(diffs)) / scale
+
+
 def error(fn) -> str:
     try:
         fn()
@@ -81,7 +125,9 @@ def mesh_mode(out: pathlib.Path) -> dict:
         step = parallel.make_sharded_train_step(
             graphdef, optimizer, mesh, state_sharding=shardings, donate=False
         )
-        new, metrics = step(parallel.shard_params(state, mesh, rules), frames())
+        placed = parallel.shard_params(state, mesh, rules)
+        collectives, loops = loop_collectives(step.lower(placed, frames()).compile().as_text())
+        new, metrics = step(placed, frames())
         kernel = new.params["decoder"]["dense"]["kernel"][...]
         result[name] = {
             "loss": float(metrics["loss"]),
@@ -92,6 +138,9 @@ def mesh_mode(out: pathlib.Path) -> dict:
             "dense_kernel_spec": str(kernel.sharding.spec),
             "metric_specs": specs(metrics),
             "step": int(new.step),
+            "loop_collectives": collectives,
+            "loops": loops,
+            "grad_rel_diff": grad_diff(graphdef, state.params, mesh, shardings.params),
         }
         if name == "8":
             mgr = checkpointing.manager(out / "ckpt")

@@ -20,6 +20,10 @@ Step ``t`` of an unroll uses the key ``fold_in(key, start + t)``, so the randomn
 step depends only on the sequence key and the step's absolute index: an unroll split into
 chunks (each given its ``start``) equals the unsplit one.
 
+Under ``clockwork.parallel``'s training step the scan of a cell with the fast path runs on
+each shard of the batch (``jax.shard_map``), so no collective runs inside it; its noise
+comes from ``prepare``, outside the scan, and does not depend on the mesh.
+
 States are pytrees with a ``feature`` property (what the level passes down and what the
 decoder reads) and ``kl(prior)`` / ``entropy()`` methods reduced over the latent axis.
 """
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import DTypeLike
 
+from clockwork._util import per_shard
 from clockwork.losses.kl import gaussian_entropy, gaussian_kl
 
 
@@ -158,26 +163,28 @@ def unroll(
         embeds = None
     keys = step_keys(key, start, steps)
 
-    if hasattr(cell, "prepare") and hasattr(cell, "step"):
+    fast = hasattr(cell, "prepare") and hasattr(cell, "step")
+    if fast:
         inputs = _time_major(cell.prepare(embeds, contexts, keys, use_obs=use_obs))
-
-        def step(carry, x):
-            return cell.step(carry, x, use_obs=use_obs)
-
     else:
         inputs = (None if embeds is None else jnp.swapaxes(embeds, 0, 1), _time_major(contexts), keys)
 
-        def step(carry, x):
-            embed, context, k = x
-            return cell(carry, embed, context, k, use_obs=use_obs)
+    def scan(cell: Any, state: Any, inputs: Any) -> tuple[Any, Any]:
+        def body(carry, x):
+            if fast:
+                carry, out = cell.step(carry, x, use_obs=use_obs)
+            else:
+                embed, context, k = x
+                carry, out = cell(carry, embed, context, k, use_obs=use_obs)
+            # Without observations the posterior is the prior: stack it once.
+            return carry, (out if use_obs else out.prior)
 
-    def body(carry, x):
-        carry, out = step(carry, x)
-        # Without observations the posterior is the prior: stack it once.
-        return carry, (out if use_obs else out.prior)
+        return jax.lax.scan(jax.checkpoint(body) if remat else body, state, inputs, length=steps)
 
-    if remat:
-        body = jax.checkpoint(body)
-    last, outputs = jax.lax.scan(body, state, inputs, length=steps)
+    if fast:
+        # The noise comes from `prepare`, so the scan may run on each shard of the batch.
+        last, outputs = per_shard(scan, cell, (state, inputs), (0, 1), (0, 1))
+    else:
+        last, outputs = scan(cell, state, inputs)
     outputs = _time_major(outputs)
     return last, (outputs if use_obs else StepOutput(outputs, outputs))
