@@ -86,6 +86,7 @@ def test_conv_transpose2d_subpixel_matches_lax(
     x, w, b = _inputs(x_shape, w_shape, jnp.float32)
     op = lambda *a, impl: convops.conv_transpose2d(*a, stride=stride, impl=impl)  # noqa: E731
     _assert_matches(op, "subpixel", x, w, b)
+    _assert_matches(op, "subpixel_lax", x, w, b)
 
 
 def test_conv_transpose2d_dense_matches_lax() -> None:
@@ -96,10 +97,14 @@ def test_conv_transpose2d_dense_matches_lax() -> None:
 
 
 def test_auto_picks_subpixel_for_wide_outputs() -> None:
-    # 13x13 -> 30x30 with 4*Cout >= 16 takes the subpixel path; it must still match.
+    # 13x13 -> 30x30 with 4*Cout >= 8 takes the subpixel path; it must still match.
     x, w, b = _inputs((1, 13, 13, 3), (6, 6, 3, 4), jnp.float32)
     assert convops._auto_transpose_impl(x.shape, w.shape, 2) == "subpixel"
     _assert_matches(convops.conv_transpose2d, "auto", x, w, b)
+    # The last decoder layer: lax gradients for one channel (mmnist), subpixel for RGB.
+    assert convops._auto_transpose_impl((8, 30, 30, 32), (6, 6, 32, 1), 2) == "subpixel_lax"
+    assert convops._auto_transpose_impl((8, 30, 30, 32), (6, 6, 32, 3), 2) == "subpixel"
+    assert convops._auto_transpose_impl((8, 1, 1, 32), (5, 5, 32, 3), 2) == "dense"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ functions below compute the same arithmetic as
 
 (the latter is Flax ``ConvTranspose`` with ``transpose_kernel=False``) from slices,
 pads, reshapes and one ``dot_general`` per layer, so that every gradient is a matrix
-product too. ``impl="lax"`` is the reference computation. The patch matrices are
+product too; a transposed convolution's forward pass is one stride-1 convolution that
+gives all its output phases at once (sub-pixel), which XLA runs fast. ``impl="lax"`` is
+the reference computation. The patch matrices are
 recomputed in the backward pass rather than stored (``jax.checkpoint`` keeping only
 the products), but each still exists while its layer runs: up to K*K/4 times the
 layer's input (about 0.5 MB per frame for the 13x13 -> 30x30 layer at 64 channels),
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvImpl = Literal["lax", "matmul"]
-TransposeImpl = Literal["lax", "subpixel", "dense", "auto"]
+TransposeImpl = Literal["lax", "subpixel", "subpixel_lax", "dense", "auto"]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Keep the products' outputs for the backward pass, recompute the patch matrices;
@@ -98,19 +100,67 @@ def _phase_kernel(w: jax.Array, s: int) -> jax.Array:
     return wf.reshape(kb, s, kb, s, *w.shape[2:])
 
 
-@_remat
-def _conv_transpose2d_subpixel(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
-    # Output pixel s*j + p (p the phase) sums x[j - a] * w[K-1-(s*a + p)] over a < kb:
-    # a stride-1 kb x kb correlation of the (kb-1)-padded input giving all s*s phases
-    # as channels, then depth-to-space and a crop.
-    h, wd, cin = x.shape[1:]
-    k, cout = w.shape[0], w.shape[3]
+def _subpixel_kernel(w: jax.Array, s: int) -> jax.Array:
+    """(K, K, Cin, Cout) -> (kb, kb, Cin, s*s*Cout): the stride-1 kernel of all output phases."""
     wp = _phase_kernel(w, s)
-    kb = wp.shape[0]
-    wm = wp[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(kb * kb * cin, s * s * cout)
-    x = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
-    out = _depth_to_space(_matmul(_patches(x, kb), wm), s)
-    return out[:, : s * (h - 1) + k, : s * (wd - 1) + k, :]
+    kb, cin, cout = wp.shape[0], w.shape[2], w.shape[3]
+    return wp[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(kb, kb, cin, s * s * cout)
+
+
+def _subpixel_crop(phases: jax.Array, x_shape: tuple[int, ...], k: int, s: int) -> jax.Array:
+    h, wd = x_shape[1:3]
+    return _depth_to_space(phases, s)[:, : s * (h - 1) + k, : s * (wd - 1) + k, :]
+
+
+# Output pixel s*j + p (p the phase) sums x[j - a] * w[K-1-(s*a + p)] over a < kb: a
+# stride-1 kb x kb correlation of the (kb-1)-padded input giving all s*s phases as
+# channels, then depth-to-space and a crop. XLA:CPU runs that correlation fast as a
+# stride-1 convolution but its gradients slowly, and the same correlation as one product
+# over patches the other way round; so the forward pass is the convolution and the
+# backward pass differentiates the product ("matmul"), or, for one output channel, where
+# that product is too thin, the lax transposed convolution ("lax").
+
+
+@_remat
+def _conv_transpose2d_subpixel_matmul(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    kb, k = -(-w.shape[0] // s), w.shape[0]
+    wm = _subpixel_kernel(w, s)
+    xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
+    return _subpixel_crop(_matmul(_patches(xp, kb), wm.reshape(-1, wm.shape[-1])), x.shape, k, s)
+
+
+def _conv_transpose2d_lax(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    return lax.conv_transpose(x, w, (s, s), "VALID", dimension_numbers=_DIMENSION_NUMBERS)
+
+
+_BACKWARD = {"matmul": _conv_transpose2d_subpixel_matmul, "lax": _conv_transpose2d_lax}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose2d_subpixel(x: jax.Array, w: jax.Array, s: int, backward: str) -> jax.Array:
+    """The phase correlation as a convolution; the gradients are those of ``_BACKWARD[backward]``."""
+    kb, k = -(-w.shape[0] // s), w.shape[0]
+    xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
+    phases = lax.conv_general_dilated(
+        xp, _subpixel_kernel(w, s), (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
+    )
+    return _subpixel_crop(phases, x.shape, k, s)
+
+
+def _subpixel_fwd(
+    x: jax.Array, w: jax.Array, s: int, backward: str
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _conv_transpose2d_subpixel(x, w, s, backward), (x, w)
+
+
+def _subpixel_bwd(
+    s: int, backward: str, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    x, w = residuals
+    return jax.vjp(lambda x, w: _BACKWARD[backward](x, w, s), x, w)[1](g)
+
+
+_conv_transpose2d_subpixel.defvjp(_subpixel_fwd, _subpixel_bwd)
 
 
 def _conv_transpose2d_dense(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -127,8 +177,8 @@ def _auto_transpose_impl(x_shape: tuple[int, ...], w_shape: tuple[int, ...], s: 
     """Fastest measured formulation for the shape (benchmarks/conv_ops.py, XLA:CPU)."""
     if x_shape[-3:-1] == (1, 1):
         return "dense"
-    if s * s * w_shape[3] < 16:  # few output channels: a thin product; lax is faster
-        return "lax"
+    if s * s * w_shape[3] < 8:  # one output channel: a thin product; lax gradients are faster
+        return "subpixel_lax"
     return "subpixel"
 
 
@@ -164,18 +214,19 @@ def conv_transpose2d(
     """VALID transposed convolution ``(*batch, H, W, Cin) -> (*batch, s(H-1)+K, s(W-1)+K, Cout)``.
 
     ``impl``: ``"lax"`` (reference), ``"subpixel"`` (all s*s output phases from one
-    stride-1 patch product), ``"dense"`` (1x1 inputs only: one product), or ``"auto"``:
-    ``"dense"`` for 1x1 inputs, ``"lax"`` when ``s*s*Cout < 16``, else ``"subpixel"``.
+    stride-1 correlation: a convolution forward, a patch product backward),
+    ``"subpixel_lax"`` (the same forward, the gradients of ``"lax"``), ``"dense"`` (1x1
+    inputs only: one product), or ``"auto"``: ``"dense"`` for 1x1 inputs,
+    ``"subpixel_lax"`` when ``s*s*Cout < 8``, else ``"subpixel"``. The subpixel forms
+    support reverse-mode differentiation only (``jax.custom_vjp``).
     """
     xf, batch = _split_batch(x)
     if impl == "auto":
         impl = _auto_transpose_impl(xf.shape, w.shape, stride)
     if impl == "lax":
-        y = lax.conv_transpose(
-            xf, w, (stride, stride), "VALID", dimension_numbers=_DIMENSION_NUMBERS
-        )
-    elif impl == "subpixel":
-        y = _conv_transpose2d_subpixel(xf, w, stride)
+        y = _conv_transpose2d_lax(xf, w, stride)
+    elif impl in ("subpixel", "subpixel_lax"):
+        y = _conv_transpose2d_subpixel(xf, w, stride, "lax" if impl == "subpixel_lax" else "matmul")
     elif impl == "dense":
         y = _conv_transpose2d_dense(xf, w)
     else:
