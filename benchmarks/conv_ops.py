@@ -189,9 +189,9 @@ def bench_layers(args: argparse.Namespace, ceiling: float) -> list[dict[str, Any
     key = jax.random.key(0)
     for name, kind, xs, ws in layer_shapes(args.mult, args.channels):
         op = convops.conv2d if kind == "conv" else convops.conv_transpose2d
-        impls = ["lax", "matmul"] if kind == "conv" else ["lax", "subpixel", "auto"]
+        impls = ["lax", "matmul"] if kind == "conv" else ["lax", "subpixel", "scatter", "auto"]
         if kind == "tconv" and xs[:2] == (1, 1):
-            impls.append("dense")
+            impls = ["lax", "dense"]
         kx, kw, kg = jax.random.split(jax.random.fold_in(key, len(rows)), 3)
         x = jax.random.normal(kx, (args.frames, *xs), jnp.float32)
         w = jax.random.normal(kw, ws, jnp.float32) / np.sqrt(ws[0] * ws[1] * ws[2])

@@ -80,13 +80,13 @@ def test_conv2d_matmul_matches_lax(
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "stride"), TRANSPOSE_CASES)
-def test_conv_transpose2d_subpixel_matches_lax(
+def test_conv_transpose2d_fast_forms_match_lax(
     x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int
 ) -> None:
     x, w, b = _inputs(x_shape, w_shape, jnp.float32)
     op = lambda *a, impl: convops.conv_transpose2d(*a, stride=stride, impl=impl)  # noqa: E731
     _assert_matches(op, "subpixel", x, w, b)
-    _assert_matches(op, "subpixel_lax", x, w, b)
+    _assert_matches(op, "scatter", x, w, b)
 
 
 def test_conv_transpose2d_dense_matches_lax() -> None:
@@ -96,15 +96,22 @@ def test_conv_transpose2d_dense_matches_lax() -> None:
         convops.conv_transpose2d(jnp.zeros((1, 2, 2, 5)), w, b, impl="dense")
 
 
-def test_auto_picks_subpixel_for_wide_outputs() -> None:
-    # 13x13 -> 30x30 with 4*Cout >= 8 takes the subpixel path; it must still match.
-    x, w, b = _inputs((1, 13, 13, 3), (6, 6, 3, 4), jnp.float32)
-    assert convops._auto_transpose_impl(x.shape, w.shape, 2) == "subpixel"
+def test_auto_picks_by_product_size() -> None:
+    # The mmnist / minerl decoder layers: dense, scatter, subpixel, then scatter for one
+    # output channel and subpixel for three.
+    auto = convops._auto_transpose_impl
+    assert auto((8, 1, 1, 1024), (5, 5, 1024, 128)) == "dense"
+    assert auto((8, 5, 5, 128), (5, 5, 128, 64)) == "scatter"
+    assert auto((8, 13, 13, 64), (5, 5, 64, 32)) == "subpixel"
+    assert auto((8, 30, 30, 32), (6, 6, 32, 1)) == "scatter"
+    assert auto((8, 30, 30, 32), (6, 6, 32, 3)) == "subpixel"
+    # Both sides of the threshold still match the reference.
+    x, w, b = _inputs((1, 13, 13, 3), (6, 6, 3, 16), jnp.float32)
+    assert auto(x.shape, w.shape) == "subpixel"
     _assert_matches(convops.conv_transpose2d, "auto", x, w, b)
-    # The last decoder layer: lax gradients for one channel (mmnist), subpixel for RGB.
-    assert convops._auto_transpose_impl((8, 30, 30, 32), (6, 6, 32, 1), 2) == "subpixel_lax"
-    assert convops._auto_transpose_impl((8, 30, 30, 32), (6, 6, 32, 3), 2) == "subpixel"
-    assert convops._auto_transpose_impl((8, 1, 1, 32), (5, 5, 32, 3), 2) == "dense"
+    x, w, b = _inputs((1, 5, 5, 3), (6, 6, 3, 4), jnp.float32)
+    assert auto(x.shape, w.shape) == "scatter"
+    _assert_matches(convops.conv_transpose2d, "auto", x, w, b)
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,18 @@ functions below compute the same arithmetic as
     conv2d:           lax.conv_general_dilated(x, w, (s, s), "VALID", ("NHWC", "HWIO", "NHWC")) + b
     conv_transpose2d: lax.conv_transpose(x, w, (s, s), "VALID", ("NHWC", "HWIO", "NHWC")) + b
 
-(the latter is Flax ``ConvTranspose`` with ``transpose_kernel=False``) from slices,
-pads, reshapes and one ``dot_general`` per layer, so that every gradient is a matrix
-product too; a transposed convolution's forward pass is one stride-1 convolution that
-gives all its output phases at once (sub-pixel), which XLA runs fast. ``impl="lax"`` is
-the reference computation. The patch matrices are
-recomputed in the backward pass rather than stored (``jax.checkpoint`` keeping only
-the products), but each still exists while its layer runs: up to K*K/4 times the
-layer's input (about 0.5 MB per frame for the 13x13 -> 30x30 layer at 64 channels),
-so apply these to bounded chunks of frames when memory matters.
+(the latter is Flax ``ConvTranspose`` with ``transpose_kernel=False``). XLA runs a
+strided convolution's forward pass fast, so ``conv2d`` keeps it; a transposed
+convolution's forward pass is either one stride-1 convolution giving all its output
+phases (sub-pixel) or one product giving every kernel tap's contribution, added up by
+phase (scatter), whichever was measured faster for the shape. All gradients are matrix
+products over K x K strided patches (``jax.custom_vjp``; reverse mode only): the
+weight gradient is the patches of one side against the other, and the input gradient
+of a convolution is the transposed convolution of its output gradient, and vice versa.
+``impl="lax"`` is the reference computation. Nothing but the inputs is kept for the
+backward pass; the patch matrices (up to K*K/4 times a layer's input or output, about
+0.5 MB per frame for the 13x13 -> 30x30 layer at 64 channels) exist only while their
+layer runs, so apply these to bounded chunks of frames when memory matters.
 
 Shapes: ``x`` is ``(*batch, H, W, Cin)`` with at least one batch dimension, ``w`` is
 ``(K, K, Cin, Cout)``, ``b`` is ``(Cout,)``. Any float dtype; the product runs in the
@@ -33,16 +36,9 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvImpl = Literal["lax", "matmul"]
-TransposeImpl = Literal["lax", "subpixel", "subpixel_lax", "dense", "auto"]
+TransposeImpl = Literal["lax", "subpixel", "scatter", "dense", "auto"]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-# Keep the products' outputs for the backward pass, recompute the patch matrices;
-# the third argument (the stride) is static.
-_remat = functools.partial(
-    jax.checkpoint,
-    policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    static_argnums=(2,),
-)
 
 
 def _matmul(p: jax.Array, w: jax.Array) -> jax.Array:
@@ -50,11 +46,9 @@ def _matmul(p: jax.Array, w: jax.Array) -> jax.Array:
     return lax.dot_general(p, w, (((p.ndim - 1,), (0,)), ((), ())))
 
 
-def _space_to_depth(x: jax.Array, s: int) -> jax.Array:
-    """(N, s*H, s*W, C) -> (N, H, W, s*s*C), channel index (py, px, c)."""
-    n, h, w, c = x.shape
-    x = x.reshape(n, h // s, s, w // s, s, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // s, w // s, s * s * c)
+def _outer(x: jax.Array, y: jax.Array) -> jax.Array:
+    """(N, H, W, D) x (N, H, W, E) -> (D, E), summed over N, H, W."""
+    return lax.dot_general(x, y, (((0, 1, 2), (0, 1, 2)), ((), ())))
 
 
 def _depth_to_space(x: jax.Array, s: int) -> jax.Array:
@@ -64,103 +58,138 @@ def _depth_to_space(x: jax.Array, s: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, c // (s * s))
 
 
-def _patches(x: jax.Array, k: int) -> jax.Array:
-    """Stride-1 VALID patches: (N, H, W, C) -> (N, H-k+1, W-k+1, k*k*C), index (ky, kx, c)."""
-    _, h, w, _ = x.shape
-    ho, wo = h - k + 1, w - k + 1
+def _strided_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Array:
+    """(N, H, W, C) -> (N, ho, wo, k*k*C): entry (i, j, (u, v, c)) is x[s*i + u, s*j + v, c]."""
     return jnp.concatenate(
-        [x[:, i : i + ho, j : j + wo, :] for i in range(k) for j in range(k)], axis=-1
+        [
+            x[:, u : u + s * (ho - 1) + 1 : s, v : v + s * (wo - 1) + 1 : s, :]
+            for u in range(k)
+            for v in range(k)
+        ],
+        axis=-1,
     )
 
 
-@_remat
-def _conv2d_matmul(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
-    # Stride-s conv, kernel K (zero-padded to s*kb) == stride-1 conv, kernel kb, on the
-    # space-to-depth input: tap (s*by + py, s*bx + px) reads block (by, bx), phase (py, px).
-    k, _, cin, cout = w.shape
-    kb = -(-k // s)
-    w = jnp.pad(w, ((0, s * kb - k), (0, s * kb - k), (0, 0), (0, 0)))
-    _, h, wd, _ = x.shape
-    ho, wo = (h - k) // s + 1, (wd - k) // s + 1
-    hb, wb = ho + kb - 1, wo + kb - 1  # blocks read
-    x = x[:, : min(h, s * hb), : min(wd, s * wb), :]
-    x = jnp.pad(x, ((0, 0), (0, s * hb - x.shape[1]), (0, s * wb - x.shape[2]), (0, 0)))
-    wm = w.reshape(kb, s, kb, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-    return _matmul(_patches(_space_to_depth(x, s), kb), wm.reshape(-1, cout))
-
-
-def _phase_kernel(w: jax.Array, s: int) -> jax.Array:
-    """Flipped kernel split by output phase: (K, K, Cin, Cout) -> (kb, s, kb, s, Cin, Cout).
-
-    Entry [a, py, c, px] is w[K-1-(s*a+py), K-1-(s*c+px)], zero past the kernel.
-    """
-    k = w.shape[0]
-    kb = -(-k // s)
-    wf = jnp.pad(w[::-1, ::-1], ((0, s * kb - k), (0, s * kb - k), (0, 0), (0, 0)))
-    return wf.reshape(kb, s, kb, s, *w.shape[2:])
-
-
-def _subpixel_kernel(w: jax.Array, s: int) -> jax.Array:
-    """(K, K, Cin, Cout) -> (kb, kb, Cin, s*s*Cout): the stride-1 kernel of all output phases."""
-    wp = _phase_kernel(w, s)
-    kb, cin, cout = wp.shape[0], w.shape[2], w.shape[3]
-    return wp[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(kb, kb, cin, s * s * cout)
-
-
-def _subpixel_crop(phases: jax.Array, x_shape: tuple[int, ...], k: int, s: int) -> jax.Array:
-    h, wd = x_shape[1:3]
-    return _depth_to_space(phases, s)[:, : s * (h - 1) + k, : s * (wd - 1) + k, :]
-
-
-# Output pixel s*j + p (p the phase) sums x[j - a] * w[K-1-(s*a + p)] over a < kb: a
-# stride-1 kb x kb correlation of the (kb-1)-padded input giving all s*s phases as
-# channels, then depth-to-space and a crop. XLA:CPU runs that correlation fast as a
-# stride-1 convolution but its gradients slowly, and the same correlation as one product
-# over patches the other way round; so the forward pass is the convolution and the
-# backward pass differentiates the product ("matmul"), or, for one output channel, where
-# that product is too thin, the lax transposed convolution ("lax").
-
-
-@_remat
-def _conv_transpose2d_subpixel_matmul(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
-    kb, k = -(-w.shape[0] // s), w.shape[0]
-    wm = _subpixel_kernel(w, s)
-    xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
-    return _subpixel_crop(_matmul(_patches(xp, kb), wm.reshape(-1, wm.shape[-1])), x.shape, k, s)
+def _conv2d_lax(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    return lax.conv_general_dilated(x, w, (s, s), "VALID", dimension_numbers=_DIMENSION_NUMBERS)
 
 
 def _conv_transpose2d_lax(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
     return lax.conv_transpose(x, w, (s, s), "VALID", dimension_numbers=_DIMENSION_NUMBERS)
 
 
-_BACKWARD = {"matmul": _conv_transpose2d_subpixel_matmul, "lax": _conv_transpose2d_lax}
+# The transposed convolution adds x[i] * w[K-1-u] to output pixel s*i + u. Writing
+# u = s*a + p (p the output phase), phase p at position j sums x[j - a] * w[K-1-(s*a+p)]
+# over a < kb = ceil(K/s): all s*s phases come from one stride-1 kb x kb correlation
+# (sub-pixel) or from the products x[i] * w[K-1-u] for every tap added up by phase
+# (scatter). Its gradients are both strided products over the output gradient's
+# K x K patches g[s*i + u]: dx = patches . W^T and dW = x^T . patches.
+
+
+def _scatter_kernel(w: jax.Array) -> jax.Array:
+    """(K, K, Cin, Cout) -> (Cin, K*K*Cout), column (u, v, c) holding w[K-1-u, K-1-v, :, c]."""
+    k, _, cin, cout = w.shape
+    return w[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
+
+
+def _subpixel_kernel(w: jax.Array, s: int) -> jax.Array:
+    """(K, K, Cin, Cout) -> (kb, kb, Cin, s*s*Cout): the stride-1 kernel of all output phases."""
+    k, _, cin, cout = w.shape
+    kb = -(-k // s)
+    wf = jnp.pad(w[::-1, ::-1], ((0, s * kb - k), (0, s * kb - k), (0, 0), (0, 0)))
+    wp = wf.reshape(kb, s, kb, s, cin, cout)  # [a, py, b, px] = w[K-1-(s*a+py), K-1-(s*b+px)]
+    return wp[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(kb, kb, cin, s * s * cout)
+
+
+def _phases_to_output(phases: jax.Array, x_shape: tuple[int, ...], k: int, s: int) -> jax.Array:
+    """Interleave (N, H+kb-1, W+kb-1, s*s*Cout) phases and crop to s*(H-1)+K."""
+    h, wd = x_shape[1:3]
+    return _depth_to_space(phases, s)[:, : s * (h - 1) + k, : s * (wd - 1) + k, :]
+
+
+def _transpose_subpixel(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    kb = -(-w.shape[0] // s)
+    xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
+    phases = _conv2d_lax(xp, _subpixel_kernel(w, s), 1)
+    return _phases_to_output(phases, x.shape, w.shape[0], s)
+
+
+def _transpose_scatter(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    n, h, wd, _ = x.shape
+    k, cout = w.shape[0], w.shape[3]
+    kb = -(-k // s)
+    taps = _matmul(x, _scatter_kernel(w)).reshape(n, h, wd, k, k, cout)
+    phases = []
+    for py in range(s):
+        for px in range(s):
+            acc = jnp.zeros((n, h + kb - 1, wd + kb - 1, cout), taps.dtype)
+            for a in range(-(-(k - py) // s)):
+                for b in range(-(-(k - px) // s)):
+                    tap = taps[:, :, :, s * a + py, s * b + px]
+                    acc = acc + jnp.pad(tap, ((0, 0), (a, kb - 1 - a), (b, kb - 1 - b), (0, 0)))
+            phases.append(acc)
+    phases_ = jnp.stack(phases, axis=3).reshape(n, h + kb - 1, wd + kb - 1, s * s * cout)
+    return _phases_to_output(phases_, x.shape, k, s)
+
+
+_TRANSPOSE_FORWARD = {"subpixel": _transpose_subpixel, "scatter": _transpose_scatter}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose2d_subpixel(x: jax.Array, w: jax.Array, s: int, backward: str) -> jax.Array:
-    """The phase correlation as a convolution; the gradients are those of ``_BACKWARD[backward]``."""
-    kb, k = -(-w.shape[0] // s), w.shape[0]
-    xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
-    phases = lax.conv_general_dilated(
-        xp, _subpixel_kernel(w, s), (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
-    )
-    return _subpixel_crop(phases, x.shape, k, s)
+def _conv_transpose2d_fast(x: jax.Array, w: jax.Array, s: int, forward: str) -> jax.Array:
+    return _TRANSPOSE_FORWARD[forward](x, w, s)
 
 
-def _subpixel_fwd(
-    x: jax.Array, w: jax.Array, s: int, backward: str
+def _conv_transpose2d_fast_fwd(
+    x: jax.Array, w: jax.Array, s: int, forward: str
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv_transpose2d_subpixel(x, w, s, backward), (x, w)
+    return _conv_transpose2d_fast(x, w, s, forward), (x, w)
 
 
-def _subpixel_bwd(
-    s: int, backward: str, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+def _conv_transpose2d_fast_bwd(
+    s: int, forward: str, residuals: tuple[jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-    return jax.vjp(lambda x, w: _BACKWARD[backward](x, w, s), x, w)[1](g)
+    k, _, cin, cout = w.shape
+    patches = _strided_patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
+    dx = lax.dot_general(patches, _scatter_kernel(w), (((3,), (1,)), ((), ())))
+    dw = _outer(x, patches).reshape(cin, k, k, cout).transpose(1, 2, 0, 3)[::-1, ::-1]
+    return dx, dw
 
 
-_conv_transpose2d_subpixel.defvjp(_subpixel_fwd, _subpixel_bwd)
+_conv_transpose2d_fast.defvjp(_conv_transpose2d_fast_fwd, _conv_transpose2d_fast_bwd)
+
+
+# A stride-s convolution: XLA:CPU runs the forward pass fast and the gradients slowly.
+# Its weight gradient is x's K x K strided patches against g; its input gradient is the
+# transposed convolution of g with the flipped kernel, computed like the decoder's.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_fast(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    return _conv2d_lax(x, w, s)
+
+
+def _conv2d_fast_fwd(
+    x: jax.Array, w: jax.Array, s: int
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _conv2d_lax(x, w, s), (x, w)
+
+
+def _conv2d_fast_bwd(
+    s: int, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    x, w = residuals
+    k, _, cin, cout = w.shape
+    patches = _strided_patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
+    dw = _outer(patches, g).reshape(k, k, cin, cout)
+    wt = w[::-1, ::-1].transpose(0, 1, 3, 2)  # dx = conv_transpose(g, wt)
+    dx = _TRANSPOSE_FORWARD[_auto_forward(g.shape, wt.shape)](g, wt, s)
+    pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
+    return jnp.pad(dx, pad), dw
+
+
+_conv2d_fast.defvjp(_conv2d_fast_fwd, _conv2d_fast_bwd)
 
 
 def _conv_transpose2d_dense(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -169,17 +198,25 @@ def _conv_transpose2d_dense(x: jax.Array, w: jax.Array) -> jax.Array:
     if (h, wd) != (1, 1):
         raise ValueError(f'impl="dense" needs a 1x1 input, got {h}x{wd}')
     k, cout = w.shape[0], w.shape[3]
-    wm = w[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
-    return _matmul(x.reshape(n, cin), wm).reshape(n, k, k, cout)
+    return _matmul(x.reshape(n, cin), _scatter_kernel(w)).reshape(n, k, k, cout)
 
 
-def _auto_transpose_impl(x_shape: tuple[int, ...], w_shape: tuple[int, ...], s: int) -> str:
+# Per frame, the scatter form's product holds H*W*K*K*Cout values; up to this many it was
+# faster than the sub-pixel convolution for every decoder layer measured
+# (benchmarks/conv_ops.py), above it slower.
+_SCATTER_MAX_TAPS = 65536
+
+
+def _auto_forward(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
+    h, wd = x_shape[-3:-1]
+    return "scatter" if h * wd * w_shape[0] ** 2 * w_shape[3] <= _SCATTER_MAX_TAPS else "subpixel"
+
+
+def _auto_transpose_impl(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
     """Fastest measured formulation for the shape (benchmarks/conv_ops.py, XLA:CPU)."""
     if x_shape[-3:-1] == (1, 1):
         return "dense"
-    if s * s * w_shape[3] < 8:  # one output channel: a thin product; lax gradients are faster
-        return "subpixel_lax"
-    return "subpixel"
+    return _auto_forward(x_shape, w_shape)
 
 
 def _split_batch(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
@@ -193,15 +230,14 @@ def conv2d(
 ) -> jax.Array:
     """VALID convolution ``(*batch, H, W, Cin) -> (*batch, (H-K)//s+1, (W-K)//s+1, Cout)``.
 
-    ``impl``: ``"lax"`` (reference) or ``"matmul"`` (space-to-depth, patches, one product).
+    ``impl``: ``"lax"`` (reference) or ``"matmul"`` (the lax forward pass, gradients as
+    matrix products over patches; reverse-mode differentiation only).
     """
     xf, batch = _split_batch(x)
     if impl == "lax":
-        y = lax.conv_general_dilated(
-            xf, w, (stride, stride), "VALID", dimension_numbers=_DIMENSION_NUMBERS
-        )
+        y = _conv2d_lax(xf, w, stride)
     elif impl == "matmul":
-        y = _conv2d_matmul(xf, w, stride)
+        y = _conv2d_fast(xf, w, stride)
     else:
         raise ValueError(f"unknown impl {impl!r}")
     y = y + b.reshape(1, 1, 1, -1)
@@ -213,20 +249,20 @@ def conv_transpose2d(
 ) -> jax.Array:
     """VALID transposed convolution ``(*batch, H, W, Cin) -> (*batch, s(H-1)+K, s(W-1)+K, Cout)``.
 
-    ``impl``: ``"lax"`` (reference), ``"subpixel"`` (all s*s output phases from one
-    stride-1 correlation: a convolution forward, a patch product backward),
-    ``"subpixel_lax"`` (the same forward, the gradients of ``"lax"``), ``"dense"`` (1x1
-    inputs only: one product), or ``"auto"``: ``"dense"`` for 1x1 inputs,
-    ``"subpixel_lax"`` when ``s*s*Cout < 8``, else ``"subpixel"``. The subpixel forms
-    support reverse-mode differentiation only (``jax.custom_vjp``).
+    ``impl``: ``"lax"`` (reference); ``"subpixel"`` (forward: all s*s output phases from
+    one stride-1 convolution) or ``"scatter"`` (forward: one product giving every tap's
+    contribution, added up by phase), both with gradients as products over the output
+    gradient's patches and reverse-mode only; ``"dense"`` (1x1 inputs only: one
+    product); or ``"auto"``: ``"dense"`` for 1x1 inputs, ``"scatter"`` where its product
+    holds at most 65536 values per frame (``H*W*K*K*Cout``), else ``"subpixel"``.
     """
     xf, batch = _split_batch(x)
     if impl == "auto":
-        impl = _auto_transpose_impl(xf.shape, w.shape, stride)
+        impl = _auto_transpose_impl(xf.shape, w.shape)
     if impl == "lax":
         y = _conv_transpose2d_lax(xf, w, stride)
-    elif impl in ("subpixel", "subpixel_lax"):
-        y = _conv_transpose2d_subpixel(xf, w, stride, "lax" if impl == "subpixel_lax" else "matmul")
+    elif impl in _TRANSPOSE_FORWARD:
+        y = _conv_transpose2d_fast(xf, w, stride, impl)
     elif impl == "dense":
         y = _conv_transpose2d_dense(xf, w)
     else:
