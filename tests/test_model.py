@@ -175,6 +175,17 @@ def test_open_loop_in_chunks_equals_open_loop(model):
         next(model.open_loop_chunks(x[:, :3], 10, key))
 
 
+def test_open_loop_decodes_in_conv_chunks():
+    # 7 predicted frames at conv_chunk=3: two full chunks and a padded one, the same
+    # frames as decoding all at once.
+    x = frames((1, 11, 64, 64, 1))
+    key = jax.random.key(4)
+    out = [CWVAE(CWVAEConfig.preset("mmnist", **TINY, conv_chunk=c), rngs=nnx.Rngs(0))
+           .open_loop(x, 4, key) for c in (3, None)]
+    assert out[0].shape == (1, 7, 64, 64, 1)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
 PLAIN = dict(conv_impl="lax", conv_chunk=None, remat=False, compute_dtype="float32")
 
 

@@ -104,7 +104,7 @@ def map_chunks(
     """``fn(module, .)`` over chunks of ``chunk`` rows of ``xs`` (leaves ``(N, ...)``), rematerialised.
 
     Runs ``jax.lax.map`` of ``jax.checkpoint(fn)`` over the chunks (the last one
-    zero-padded) and cuts the result back to ``N`` rows, so that the backward pass holds
+    zero-padded; ``chunk`` is capped at ``N``) and cuts the result back to ``N`` rows, so that the backward pass holds
     the activations of one chunk at a time. ``fn`` maps ``(chunk, ...)`` leaves to
     ``(chunk, ...)`` leaves, row by row. Under :func:`per_shard_loops` each shard of the
     rows is chunked on its own devices.
@@ -114,6 +114,7 @@ def map_chunks(
 
 def _map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
     n = jax.tree.leaves(xs)[0].shape[0]
+    chunk = max(1, min(chunk, n))
     steps = -(-n // chunk)
     pad = steps * chunk - n
 

@@ -172,7 +172,20 @@ class CWVAE(nnx.Module):
         _, imagined = self.hierarchy.open_loop(
             embeds, total - context, key, use_obs=use_obs, actions=actions
         )
-        return self.decoder(imagined.priors[0].feature)
+        return self.decode(imagined.priors[0].feature)
+
+    def decode(self, features: jax.Array) -> jax.Array:
+        """Decoded means ``(..., 64, 64, C)`` of level 0's ``(..., F)`` features.
+
+        Runs the decoder over ``conv_chunk`` frames at a time (all at once when it is
+        ``None``), which bounds its memory and keeps each layer's work in cache.
+        """
+        chunk = self.config.conv_chunk
+        if chunk is None:
+            return self.decoder(features)
+        flat = features.reshape(-1, features.shape[-1])
+        out = map_chunks(lambda decoder, f: decoder(f), self.decoder, flat, chunk)
+        return out.reshape(*features.shape[:-1], *out.shape[1:])
 
     def open_loop_chunks(
         self,
@@ -227,4 +240,4 @@ def _observe_last(graphdef, params, frames, key, use_obs):
 def _imagine_decode(graphdef, params, states, key, start, frames):
     model = nnx.merge(graphdef, params)
     rollout = model.hierarchy.imagine(states, frames, key, start=start)
-    return rollout.last, model.decoder(rollout.priors[0].feature)
+    return rollout.last, model.decode(rollout.priors[0].feature)
