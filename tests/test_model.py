@@ -190,6 +190,7 @@ PLAIN = dict(conv_impl="lax", conv_chunk=None, remat=False, compute_dtype="float
 
 
 @pytest.mark.parametrize("changes,rtol", [(dict(), 1e-5),
+                                          (dict(conv_chunk=3), 1e-5),
                                           (dict(remat=True, conv_chunk=3), 1e-5),
                                           (dict(conv_impl="lax", conv_chunk=4), 1e-5),
                                           (dict(compute_dtype="bfloat16"), 2e-2)])

@@ -87,3 +87,20 @@ def test_no_dense_stack_when_zero_layers():
 def test_paper_parameter_counts(preset, params):
     model = nnx.eval_shape(lambda: CWVAE(CWVAEConfig.preset(preset), rngs=nnx.Rngs(0)))
     assert count(model) == params
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_encoder_chunks_equal_all_frames_and_remat_only_when_asked(remat):
+    enc = ConvEncoder(Clock((2,)), filters=2, dense_layers=1, dense_embed_size=6, rngs=nnx.Rngs(0))
+    frames = jax.random.uniform(jax.random.key(2), (1, 7, 64, 64, 1))
+
+    def loss(frames, **kw):
+        return sum(jnp.sum(e**2) for e in enc(frames, **kw))
+
+    whole = jax.value_and_grad(loss)(frames)
+    chunked = jax.value_and_grad(lambda f: loss(f, chunk=3, remat=remat))(frames)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-4, atol=1e-7)
+    # remat puts the chunk body under jax.checkpoint (recomputed in the backward pass).
+    jaxpr = str(jax.make_jaxpr(lambda f: loss(f, chunk=3, remat=remat))(frames))
+    assert ("remat" in jaxpr) == remat

@@ -99,20 +99,29 @@ def to_float(frames: jax.Array | np.ndarray, dtype: DTypeLike = jnp.float32) -> 
 
 
 def map_chunks(
-    fn: Callable[[nnx.Module, Any], Any], module: nnx.Module, xs: Any, chunk: int
+    fn: Callable[[nnx.Module, Any], Any],
+    module: nnx.Module,
+    xs: Any,
+    chunk: int,
+    *,
+    remat: bool = False,
 ) -> Any:
-    """``fn(module, .)`` over chunks of ``chunk`` rows of ``xs`` (leaves ``(N, ...)``), rematerialised.
+    """``fn(module, .)`` over chunks of ``chunk`` rows of ``xs`` (leaves ``(N, ...)``).
 
-    Runs ``jax.lax.map`` of ``jax.checkpoint(fn)`` over the chunks (the last one
-    zero-padded; ``chunk`` is capped at ``N``) and cuts the result back to ``N`` rows, so that the backward pass holds
-    the activations of one chunk at a time. ``fn`` maps ``(chunk, ...)`` leaves to
+    Runs ``jax.lax.map`` of ``fn`` over the chunks (the last one zero-padded; ``chunk``
+    is capped at ``N``) and cuts the result back to ``N`` rows. Each chunk's work stays
+    small enough to run near the cache; with ``remat`` it is also recomputed in the
+    backward pass (``jax.checkpoint``), which then holds the activations of one chunk at
+    a time instead of all of them. ``fn`` maps ``(chunk, ...)`` leaves to
     ``(chunk, ...)`` leaves, row by row. Under :func:`per_shard_loops` each shard of the
     rows is chunked on its own devices.
     """
-    return per_shard(lambda m, xs: _map_chunks(partial(fn, m), xs, chunk), module, (xs,), (0,), 0)
+    return per_shard(
+        lambda m, xs: _map_chunks(partial(fn, m), xs, chunk, remat), module, (xs,), (0,), 0
+    )
 
 
-def _map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
+def _map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int, remat: bool) -> Any:
     n = jax.tree.leaves(xs)[0].shape[0]
     chunk = max(1, min(chunk, n))
     steps = -(-n // chunk)
@@ -122,6 +131,6 @@ def _map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape(steps, chunk, *x.shape[1:])
 
-    out = jax.lax.map(jax.checkpoint(fn), jax.tree.map(split, xs))
+    out = jax.lax.map(jax.checkpoint(fn) if remat else fn, jax.tree.map(split, xs))
     return jax.tree.map(lambda y: y.reshape(steps * chunk, *y.shape[2:])[:n], out)
 

@@ -52,11 +52,11 @@ class CWVAEConfig:
     seq_len: int = 100
     eval_seq_len: int = 1000
     open_loop_ctx: int = 36
-    # Speed and memory options (off by default; see docs/performance.md).
-    compute_dtype: str = "float32"
-    conv_impl: str = "fast"
-    remat: bool = False
-    conv_chunk: int | None = 50
+    # Speed and memory options (docs/performance.md); but for bfloat16 none changes the numbers.
+    compute_dtype: str = "float32"  # "bfloat16": products in bfloat16, parameters float32
+    conv_impl: str = "fast"  # "lax": the plain convolutions
+    remat: bool = False  # recompute the scans' steps and the conv chunks in the backward pass
+    conv_chunk: int | None = 50  # conv nets over this many frames at a time; None: all
 
     def __post_init__(self) -> None:
         for name in ("channels", "levels", "channel_mult", "filters", "batch_size", "seq_len",

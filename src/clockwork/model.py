@@ -106,7 +106,7 @@ class CWVAE(nnx.Module):
         """Encode ``(B, T, 64, 64, C)`` frames and unroll the posterior."""
         self.check_frames(frames)
         self._check_actions(actions, frames.shape[0], frames.shape[1])
-        embeds = self.encoder(frames, chunk=self.config.conv_chunk)
+        embeds = self.encoder(frames, chunk=self.config.conv_chunk, remat=self.config.remat)
         return self.hierarchy.observe(embeds, key, use_obs=use_obs, actions=actions)
 
     def loss(
@@ -131,7 +131,8 @@ class CWVAE(nnx.Module):
                 return reconstruction_nll(frame, decoder(feature), cfg.dec_stddev)
 
             flat = (features.reshape(-1, features.shape[-1]), frames.reshape(-1, *frames.shape[2:]))
-            nll = jnp.sum(map_chunks(frame_nll, self.decoder, flat, chunk)) / frames.shape[0]
+            nll = map_chunks(frame_nll, self.decoder, flat, chunk, remat=cfg.remat)
+            nll = jnp.sum(nll) / frames.shape[0]
         return elbo_from_nll(
             nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=cfg.beta,
             free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,

@@ -108,18 +108,20 @@ class ConvEncoder(nnx.Module):
             x = self.activation(conv(x))
         return x.reshape(*lead, math.prod(x.shape[1:]))
 
-    def __call__(self, frames: jax.Array, *, chunk: int | None = None) -> list[jax.Array]:
+    def __call__(
+        self, frames: jax.Array, *, chunk: int | None = None, remat: bool = False
+    ) -> list[jax.Array]:
         """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``.
 
         With ``chunk`` the conv stack runs over chunks of that many frames (the last
-        zero-padded) and is recomputed in the backward pass: the same numbers with the
-        activation memory of one chunk.
+        zero-padded), the same numbers; with ``remat`` too, each chunk is recomputed in
+        the backward pass, which then holds the activations of one chunk.
         """
         if chunk is None:
             h = self.frame_features(frames)
         else:
             flat = frames.reshape(-1, *frames.shape[2:])
-            h = map_chunks(lambda enc, x: enc.frame_features(x), self, flat, chunk)
+            h = map_chunks(lambda enc, x: enc.frame_features(x), self, flat, chunk, remat=remat)
             h = h.reshape(*frames.shape[:2], h.shape[-1])
         out = [h]
         for level, stack in enumerate(self.stacks, start=1):
