@@ -52,7 +52,7 @@ class CWVAEConfig:
     seq_len: int = 100
     eval_seq_len: int = 1000
     open_loop_ctx: int = 36
-    # Speed and memory options (docs/performance.md); but for bfloat16 none changes the numbers.
+    # Speed and memory options (docs/performance.md); none but bfloat16 changes the numbers.
     compute_dtype: str = "float32"  # "bfloat16": products in bfloat16, parameters float32
     conv_impl: str = "fast"  # "lax": the plain convolutions
     remat: bool = False  # recompute the scans' steps and the conv chunks in the backward pass

@@ -2,7 +2,7 @@
 
 XLA:CPU runs strided and transposed convolutions, and above all their weight
 gradients, far below its matrix-product speed (the decoder's 13x13 -> 30x30 layer
-takes 15-30 s forward + backward for 800 frames, against about 1.5 s here). The
+takes 15-30 s forward + backward for 800 frames, against about 1 s here). The
 functions below compute the same arithmetic as
 
     conv2d:           lax.conv_general_dilated(x, w, (s, s), "VALID", ("NHWC", "HWIO", "NHWC")) + b
@@ -18,7 +18,7 @@ weight gradient is the patches of one side against the other, and the input grad
 of a convolution is the transposed convolution of its output gradient, and vice versa.
 ``impl="lax"`` is the reference computation. Nothing but the inputs is kept for the
 backward pass; the patch matrices (up to K*K/4 times a layer's input or output, about
-0.5 MB per frame for the 13x13 -> 30x30 layer at 64 channels) exist only while their
+0.8 MB per frame for the 13x13 -> 30x30 layer's output gradient) exist only while their
 layer runs, so apply these to bounded chunks of frames when memory matters.
 
 Shapes: ``x`` is ``(*batch, H, W, Cin)`` with at least one batch dimension, ``w`` is
@@ -143,7 +143,7 @@ def _conv_transpose2d_fast(x: jax.Array, w: jax.Array, s: int, forward: str) -> 
 def _conv_transpose2d_fast_fwd(
     x: jax.Array, w: jax.Array, s: int, forward: str
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv_transpose2d_fast(x, w, s, forward), (x, w)
+    return _TRANSPOSE_FORWARD[forward](x, w, s), (x, w)
 
 
 def _conv_transpose2d_fast_bwd(
