@@ -70,9 +70,17 @@ TRANSPOSE_CASES = [
 ]
 
 
+@pytest.fixture(params=["strided", "blocked"])
+def patch_layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with patches of few channels built both ways (all cases have <= 4)."""
+    if request.param == "strided":
+        monkeypatch.setattr(convops, "_BLOCK_MAX_CHANNELS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(("x_shape", "w_shape", "stride"), CONV_CASES)
 def test_conv2d_matmul_matches_lax(
-    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int, patch_layout: str
 ) -> None:
     x, w, b = _inputs(x_shape, w_shape, jnp.float32)
     op = lambda *a, impl: convops.conv2d(*a, stride=stride, impl=impl)  # noqa: E731
@@ -81,12 +89,27 @@ def test_conv2d_matmul_matches_lax(
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "stride"), TRANSPOSE_CASES)
 def test_conv_transpose2d_fast_forms_match_lax(
-    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int, patch_layout: str
 ) -> None:
     x, w, b = _inputs(x_shape, w_shape, jnp.float32)
     op = lambda *a, impl: convops.conv_transpose2d(*a, stride=stride, impl=impl)  # noqa: E731
     _assert_matches(op, "subpixel", x, w, b)
     _assert_matches(op, "scatter", x, w, b)
+
+
+def test_block_layout_is_chosen_by_channels_and_divisibility() -> None:
+    # The first encoder / last decoder layer of both presets, then wider or odd kernels.
+    assert convops._blocked(1, 4, 2) and convops._blocked(3, 6, 2)
+    assert not convops._blocked(32, 4, 2)
+    assert not convops._blocked(3, 5, 2)
+    # Block patches are the strided patches with their taps in block order.
+    x = _normal((1, 10, 10, 2), jnp.float32, 0)
+    taps = np.asarray(convops._taps_to_blocks(jnp.arange(16).reshape(4, 4), 2))
+    strided = convops._strided_patches(x, 4, 2, 4, 4).reshape(1, 4, 4, 16, 2)
+    blocked = convops._block_patches(x, 4, 2, 4, 4).reshape(1, 4, 4, 16, 2)
+    np.testing.assert_array_equal(blocked, strided[:, :, :, taps])
+    w = _normal((6, 6, 2, 3), jnp.float32, 1)
+    np.testing.assert_array_equal(convops._blocks_to_taps(convops._taps_to_blocks(w, 2), 6, 2), w)
 
 
 def test_conv_transpose2d_dense_matches_lax() -> None:

@@ -16,6 +16,11 @@ phase (scatter), whichever was measured faster for the shape. All gradients are 
 products over K x K strided patches (``jax.custom_vjp``; reverse mode only): the
 weight gradient is the patches of one side against the other, and the input gradient
 of a convolution is the transposed convolution of its output gradient, and vice versa.
+Where the patched side has at most 4 channels (the image side of the first encoder and
+last decoder layer) and s divides K, the patches come from a space-to-depth view
+(K*K/s^2 slices of s*s*C channels instead of K*K slices of C), and a convolution's
+forward pass is their product with the kernel too: XLA:CPU runs strided convolutions
+and slices with so few channels far below its product speed.
 ``impl="lax"`` is the reference computation. Nothing but the inputs is kept for the
 backward pass; the patch matrices (up to K*K/4 times a layer's input or output, about
 0.8 MB per frame for the 13x13 -> 30x30 layer's output gradient) exist only while their
@@ -68,6 +73,42 @@ def _strided_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Arra
         ],
         axis=-1,
     )
+
+
+# Patches of at most this many channels are built from a space-to-depth view when s | K.
+_BLOCK_MAX_CHANNELS = 4
+
+
+def _blocked(c: int, k: int, s: int) -> bool:
+    return c <= _BLOCK_MAX_CHANNELS and k % s == 0
+
+
+def _block_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Array:
+    """(N, H, W, C) -> (N, ho, wo, k*k*C), s | k: entry (i, j, (a, b, p, q, c)) is
+    x[s*(i+a) + p, s*(j+b) + q, c], i.e. the strided patches with taps u = s*a + p,
+    v = s*b + q in block order (see :func:`_taps_to_blocks`)."""
+    n, _, _, c = x.shape
+    m = k // s
+    hp, wp = s * (ho - 1 + m), s * (wo - 1 + m)
+    x = x[:, :hp, :wp].reshape(n, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, hp // s, wp // s, s * s * c)
+    return jnp.concatenate(
+        [x[:, a : a + ho, b : b + wo] for a in range(m) for b in range(m)], axis=-1
+    )
+
+
+def _taps_to_blocks(t: jax.Array, s: int) -> jax.Array:
+    """(K, K, ...) indexed (u, v) -> (K*K, ...) in block order (a, b, p, q), u = s*a + p."""
+    k, m = t.shape[0], t.shape[0] // s
+    t = t.reshape(m, s, m, s, *t.shape[2:]).swapaxes(1, 2)
+    return t.reshape(k * k, *t.shape[4:])
+
+
+def _blocks_to_taps(t: jax.Array, k: int, s: int) -> jax.Array:
+    """Inverse of :func:`_taps_to_blocks`: (K*K, ...) -> (K, K, ...)."""
+    m = k // s
+    t = t.reshape(m, m, s, s, *t.shape[1:]).swapaxes(1, 2)
+    return t.reshape(k, k, *t.shape[4:])
 
 
 def _conv2d_lax(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
@@ -151,6 +192,12 @@ def _conv_transpose2d_fast_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
+    if _blocked(cout, k, s):
+        patches = _block_patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
+        wm = _taps_to_blocks(w[::-1, ::-1], s).transpose(1, 0, 2).reshape(cin, k * k * cout)
+        dx = lax.dot_general(patches, wm, (((3,), (1,)), ((), ())))
+        dw = _blocks_to_taps(_outer(x, patches).reshape(cin, k * k, cout).transpose(1, 0, 2), k, s)
+        return dx, dw[::-1, ::-1]
     patches = _strided_patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
     dx = lax.dot_general(patches, _scatter_kernel(w), (((3,), (1,)), ((), ())))
     dw = _outer(x, patches).reshape(cin, k, k, cout).transpose(1, 2, 0, 3)[::-1, ::-1]
@@ -160,20 +207,29 @@ def _conv_transpose2d_fast_bwd(
 _conv_transpose2d_fast.defvjp(_conv_transpose2d_fast_fwd, _conv_transpose2d_fast_bwd)
 
 
-# A stride-s convolution: XLA:CPU runs the forward pass fast and the gradients slowly.
-# Its weight gradient is x's K x K strided patches against g; its input gradient is the
-# transposed convolution of g with the flipped kernel, computed like the decoder's.
+# A stride-s convolution: XLA:CPU runs the forward pass fast (unless the input has few
+# channels) and the gradients slowly. Its weight gradient is x's K x K strided patches
+# against g; its input gradient is the transposed convolution of g with the flipped
+# kernel, computed like the decoder's.
+
+
+def _conv2d_forward(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+    k, _, cin, cout = w.shape
+    if not _blocked(cin, k, s):
+        return _conv2d_lax(x, w, s)
+    ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+    return _matmul(_block_patches(x, k, s, ho, wo), _taps_to_blocks(w, s).reshape(-1, cout))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d_fast(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
-    return _conv2d_lax(x, w, s)
+    return _conv2d_forward(x, w, s)
 
 
 def _conv2d_fast_fwd(
     x: jax.Array, w: jax.Array, s: int
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv2d_lax(x, w, s), (x, w)
+    return _conv2d_forward(x, w, s), (x, w)
 
 
 def _conv2d_fast_bwd(
@@ -181,8 +237,12 @@ def _conv2d_fast_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
-    patches = _strided_patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
-    dw = _outer(patches, g).reshape(k, k, cin, cout)
+    if _blocked(cin, k, s):
+        patches = _block_patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
+        dw = _blocks_to_taps(_outer(patches, g).reshape(k * k, cin, cout), k, s)
+    else:
+        patches = _strided_patches(x, k, s, g.shape[1], g.shape[2])
+        dw = _outer(patches, g).reshape(k, k, cin, cout)
     wt = w[::-1, ::-1].transpose(0, 1, 3, 2)  # dx = conv_transpose(g, wt)
     dx = _TRANSPOSE_FORWARD[_auto_forward(g.shape, wt.shape)](g, wt, s)
     pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
@@ -230,8 +290,9 @@ def conv2d(
 ) -> jax.Array:
     """VALID convolution ``(*batch, H, W, Cin) -> (*batch, (H-K)//s+1, (W-K)//s+1, Cout)``.
 
-    ``impl``: ``"lax"`` (reference) or ``"matmul"`` (the lax forward pass, gradients as
-    matrix products over patches; reverse-mode differentiation only).
+    ``impl``: ``"lax"`` (reference) or ``"matmul"`` (the lax forward pass, or for at most
+    4 input channels a product over patches; gradients as matrix products over patches;
+    reverse-mode differentiation only).
     """
     xf, batch = _split_batch(x)
     if impl == "lax":
