@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clockwork import convops
+from clockwork.host import restart_with_hugepage_malloc
 
 F = 32  # base filters
 # name -> (conv2d impl, conv_transpose2d impl); "fast" is the library default.
@@ -289,4 +290,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    restart_with_hugepage_malloc()
     main()

@@ -5,8 +5,9 @@
 
 Observes ``--context`` frames, predicts the rest at batch ``--batch`` and copies the
 predictions to the host (chunk by chunk with ``--chunked``, as an evaluator writing them
-out would). Peak RSS is per process, so run one configuration per process. The last line
-is a JSON object of the figures.
+out would). Peak RSS is per process, so run one configuration per process. The program
+restarts itself with glibc's malloc on huge pages (``clockwork.host``; opt out with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``). The last line is a JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from clockwork import CWVAE, CWVAEConfig
+from clockwork.host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
 def peak_rss_gib() -> float:
@@ -90,13 +92,16 @@ def main() -> None:
         "seconds": round(seconds, 3),
         "compile_s": round(max(first_s - seconds, 0.0), 2),
         "peak_rss_gib": round(peak_rss_gib(), 3),
+        "malloc_hugepages": hugepage_malloc_requested(),
         "jax": jax.__version__,
     }
     print(f"{args.preset} open loop {args.context}+{horizon} frames, batch {args.batch}"
           f"{' chunked' if args.chunked else ''}: {seconds:.3f} s (median of {args.repeats}), "
-          f"first call {first_s:.1f} s, peak RSS {figures['peak_rss_gib']:.2f} GiB")
+          f"first call {first_s:.1f} s, peak RSS {figures['peak_rss_gib']:.2f} GiB, "
+          f"malloc huge pages {'on' if figures['malloc_hugepages'] else 'off'}")
     print(json.dumps(figures))
 
 
 if __name__ == "__main__":
+    restart_with_hugepage_malloc()
     main()

@@ -6,7 +6,9 @@ Prints the median seconds per step after warm-up, compile seconds, peak RSS (of 
 training steps), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s, the FLOP/s
 of a large float32 matmul measured in the same process, and their ratio (MFU), and the
 loss against the plain computation (float32, lax convolutions, all frames at once, no
-remat) for the same weights, batch and key; the last line is a JSON object.
+remat) for the same weights, batch and key; the last line is a JSON object. The program
+restarts itself with glibc's malloc on huge pages (``clockwork.host``; opt out with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``).
 
 The model FLOPs (``flops_per_step``, used for MFU) are those of the plain computation;
 ``program_flops_per_step`` are those of the program that ran (``hfu`` is its ratio). XLA
@@ -29,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from clockwork import CWVAE, CWVAEConfig
+from clockwork.host import hugepage_malloc_requested, restart_with_hugepage_malloc
 from clockwork.training import init_train_state, make_loss_fn, make_optimizer, make_train_step
 
 
@@ -132,10 +135,11 @@ def main() -> None:
         "loss_rel_diff": abs(loss_here - loss_plain) / abs(loss_plain),
         "jax": jax.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "malloc_hugepages": hugepage_malloc_requested(),
     }
     print(f"{args.preset} batch {args.batch} x {args.seq_len} frames: "
           f"{step_s:.3f} s/step (median of {args.steps}), compile {compile_s:.1f} s, "
-          f"peak RSS {peak:.2f} GiB")
+          f"peak RSS {peak:.2f} GiB, malloc huge pages {'on' if figures['malloc_hugepages'] else 'off'}")
     print(f"model FLOPs {model_flops / 1e9:.1f} G/step (program: {flops / 1e9:.1f} G), "
           f"achieved {achieved / 1e9:.1f} GFLOP/s, matmul {matmul / 1e9:.1f} GFLOP/s, "
           f"MFU {achieved / matmul:.1%} (program FLOPs: {figures['hfu']:.1%})")
@@ -145,4 +149,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    restart_with_hugepage_malloc()
     main()

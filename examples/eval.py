@@ -45,6 +45,7 @@ import run_config
 import sources
 from clockwork import data
 from clockwork.hierarchy import parse_use_obs
+from clockwork.host import restart_with_hugepage_malloc
 from clockwork.metrics import best_of_samples, psnr, ssim, summarize_curves
 
 GRID_COLUMNS = 50  # most frames per row of the prediction strips
@@ -335,4 +336,5 @@ def peak_memory() -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    restart_with_hugepage_malloc()
     main()

@@ -39,6 +39,7 @@ import media
 import run_config
 import sources
 from clockwork import CWVAE, data, parallel
+from clockwork.host import restart_with_hugepage_malloc
 from clockwork.metrics import psnr, ssim
 from clockwork.training import (
     TrainState,
@@ -439,4 +440,5 @@ def start_wandb(config: RunConfig, workdir: pathlib.Path) -> Any:
 
 
 if __name__ == "__main__":
+    restart_with_hugepage_malloc()
     main()
