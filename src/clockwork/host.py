@@ -23,16 +23,17 @@ _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 def _glibc_version() -> tuple[int, int] | None:
     try:
         name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"
+        major, minor = version.split(".")[:2]
+        return (int(major), int(minor)) if name == "glibc" else None
     except (AttributeError, ValueError, OSError):
         return None
-    major, minor = version.split(".")[:2]
-    return (int(major), int(minor)) if name == "glibc" else None
 
 
 def _thp_mode() -> str | None:
     """The selected mode in ``[brackets]`` (``always``, ``madvise``, ``never``), if known."""
     try:
-        text = open(_THP_MODE).read()
+        with open(_THP_MODE) as f:
+            text = f.read()
     except OSError:
         return None
     start, end = text.find("["), text.find("]")
