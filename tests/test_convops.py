@@ -104,12 +104,13 @@ def test_block_layout_is_chosen_by_channels_and_divisibility() -> None:
     assert not convops._blocked(3, 5, 2)
     # Block patches are the strided patches with their taps in block order.
     x = _normal((1, 10, 10, 2), jnp.float32, 0)
-    taps = np.asarray(convops._taps_to_blocks(jnp.arange(16).reshape(4, 4), 2))
+    taps = np.asarray(convops._taps_to_rows(jnp.arange(16).reshape(4, 4), 2, True))
     strided = convops._strided_patches(x, 4, 2, 4, 4).reshape(1, 4, 4, 16, 2)
     blocked = convops._block_patches(x, 4, 2, 4, 4).reshape(1, 4, 4, 16, 2)
     np.testing.assert_array_equal(blocked, strided[:, :, :, taps])
     w = _normal((6, 6, 2, 3), jnp.float32, 1)
-    np.testing.assert_array_equal(convops._blocks_to_taps(convops._taps_to_blocks(w, 2), 6, 2), w)
+    rows = convops._taps_to_rows(w, 2, True)
+    np.testing.assert_array_equal(convops._rows_to_taps(rows, 6, 2, True), w)
 
 
 def test_conv_transpose2d_dense_matches_lax() -> None:

@@ -86,7 +86,7 @@ def _blocked(c: int, k: int, s: int) -> bool:
 def _block_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Array:
     """(N, H, W, C) -> (N, ho, wo, k*k*C), s | k: entry (i, j, (a, b, p, q, c)) is
     x[s*(i+a) + p, s*(j+b) + q, c], i.e. the strided patches with taps u = s*a + p,
-    v = s*b + q in block order (see :func:`_taps_to_blocks`)."""
+    v = s*b + q in block order (see :func:`_taps_to_rows`)."""
     n, _, _, c = x.shape
     m = k // s
     hp, wp = s * (ho - 1 + m), s * (wo - 1 + m)
@@ -97,15 +97,29 @@ def _block_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Array:
     )
 
 
-def _taps_to_blocks(t: jax.Array, s: int) -> jax.Array:
-    """(K, K, ...) indexed (u, v) -> (K*K, ...) in block order (a, b, p, q), u = s*a + p."""
-    k, m = t.shape[0], t.shape[0] // s
+def _patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> tuple[jax.Array, bool]:
+    """x's K x K stride-s patches ``(N, ho, wo, K*K*C)`` and whether their taps are in
+    block order (few channels, s | K) rather than (u, v) order."""
+    if _blocked(x.shape[-1], k, s):
+        return _block_patches(x, k, s, ho, wo), True
+    return _strided_patches(x, k, s, ho, wo), False
+
+
+def _taps_to_rows(t: jax.Array, s: int, blocked: bool) -> jax.Array:
+    """(K, K, ...) indexed (u, v) -> (K*K, ...) in the patches' tap order: (u, v), or
+    block order (a, b, p, q) with u = s*a + p, v = s*b + q."""
+    k = t.shape[0]
+    if not blocked:
+        return t.reshape(k * k, *t.shape[2:])
+    m = k // s
     t = t.reshape(m, s, m, s, *t.shape[2:]).swapaxes(1, 2)
     return t.reshape(k * k, *t.shape[4:])
 
 
-def _blocks_to_taps(t: jax.Array, k: int, s: int) -> jax.Array:
-    """Inverse of :func:`_taps_to_blocks`: (K*K, ...) -> (K, K, ...)."""
+def _rows_to_taps(t: jax.Array, k: int, s: int, blocked: bool) -> jax.Array:
+    """Inverse of :func:`_taps_to_rows`: (K*K, ...) -> (K, K, ...)."""
+    if not blocked:
+        return t.reshape(k, k, *t.shape[1:])
     m = k // s
     t = t.reshape(m, m, s, s, *t.shape[1:]).swapaxes(1, 2)
     return t.reshape(k, k, *t.shape[4:])
@@ -192,16 +206,11 @@ def _conv_transpose2d_fast_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
-    if _blocked(cout, k, s):
-        patches = _block_patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
-        wm = _taps_to_blocks(w[::-1, ::-1], s).transpose(1, 0, 2).reshape(cin, k * k * cout)
-        dx = lax.dot_general(patches, wm, (((3,), (1,)), ((), ())))
-        dw = _blocks_to_taps(_outer(x, patches).reshape(cin, k * k, cout).transpose(1, 0, 2), k, s)
-        return dx, dw[::-1, ::-1]
-    patches = _strided_patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
-    dx = lax.dot_general(patches, _scatter_kernel(w), (((3,), (1,)), ((), ())))
-    dw = _outer(x, patches).reshape(cin, k, k, cout).transpose(1, 2, 0, 3)[::-1, ::-1]
-    return dx, dw
+    patches, blocked = _patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
+    wm = _taps_to_rows(w[::-1, ::-1], s, blocked).transpose(1, 0, 2).reshape(cin, k * k * cout)
+    dx = lax.dot_general(patches, wm, (((3,), (1,)), ((), ())))
+    dw = _outer(x, patches).reshape(cin, k * k, cout).transpose(1, 0, 2)
+    return dx, _rows_to_taps(dw, k, s, blocked)[::-1, ::-1]
 
 
 _conv_transpose2d_fast.defvjp(_conv_transpose2d_fast_fwd, _conv_transpose2d_fast_bwd)
@@ -218,7 +227,7 @@ def _conv2d_forward(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
     if not _blocked(cin, k, s):
         return _conv2d_lax(x, w, s)
     ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    return _matmul(_block_patches(x, k, s, ho, wo), _taps_to_blocks(w, s).reshape(-1, cout))
+    return _matmul(_block_patches(x, k, s, ho, wo), _taps_to_rows(w, s, True).reshape(-1, cout))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -237,12 +246,8 @@ def _conv2d_fast_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
-    if _blocked(cin, k, s):
-        patches = _block_patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
-        dw = _blocks_to_taps(_outer(patches, g).reshape(k * k, cin, cout), k, s)
-    else:
-        patches = _strided_patches(x, k, s, g.shape[1], g.shape[2])
-        dw = _outer(patches, g).reshape(k, k, cin, cout)
+    patches, blocked = _patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
+    dw = _rows_to_taps(_outer(patches, g).reshape(k * k, cin, cout), k, s, blocked)
     wt = w[::-1, ::-1].transpose(0, 1, 3, 2)  # dx = conv_transpose(g, wt)
     dx = _TRANSPOSE_FORWARD[_auto_forward(g.shape, wt.shape)](g, wt, s)
     pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
