@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import benchlib  # noqa: F401 -- puts examples/ (host) on sys.path
 from clockwork import convops
-from clockwork.host import restart_with_hugepage_malloc
+from host import restart_with_hugepage_malloc
 
 F = 32  # base filters
 # name -> (conv2d impl, conv_transpose2d impl); "fast" is the library default.
@@ -113,7 +114,7 @@ def model_loss(
     impls: tuple[str, str],
     dtype: jnp.dtype,
 ) -> jax.Array:
-    """Encoder (SPEC 2.1) and decoder (SPEC 5) on every frame; a scalar touching both."""
+    """Encoder (docs/model.md#encoder) and decoder (#decoder) on every frame; a scalar touching both."""
     cimpl, timpl = impls
     p = jax.tree.map(lambda a: a.astype(dtype), params)
     h = images.astype(dtype)

@@ -4,10 +4,14 @@
     .venv/bin/python benchmarks/open_loop.py --frames 10000 --chunked    # bounded memory
 
 Observes ``--context`` frames, predicts the rest at batch ``--batch`` and copies the
-predictions to the host (chunk by chunk with ``--chunked``, as an evaluator writing them
-out would). Peak RSS is per process, so run one configuration per process. The program
-restarts itself with glibc's malloc on huge pages (``clockwork.host``; opt out with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``). The last line is a JSON object of the figures.
+predictions to the host: all at once with ``CWVAE.open_loop(context, horizon, key)``
+under one ``jax.jit``, or with ``--chunked`` streamed by ``open_loop(..., chunk=...)``
+(``--chunk`` frames at a time, default the top period) and copied chunk by chunk, as an
+evaluator writing them out would. ``--set key=value`` changes a field of the preset's
+model, loss or speed config (see ``train_step.py``). Peak RSS is per process, so run one
+configuration per process. The program restarts itself with glibc's malloc on huge
+pages (``examples/host.py``; opt out with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``).
+The last line is a JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clockwork import CWVAE, CWVAEConfig
-from clockwork.host import hugepage_malloc_requested, restart_with_hugepage_malloc
+import benchlib
+from host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
 def peak_rss_gib() -> float:
@@ -33,29 +37,34 @@ def peak_rss_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="mmnist", choices=["mmnist", "mazes", "minerl"])
+    parser.add_argument("--preset", default="mmnist", choices=["demo", "mmnist", "mazes", "minerl"])
     parser.add_argument("--frames", type=int, default=1000, help="context + predicted frames")
     parser.add_argument("--context", type=int, default=36)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--chunked", action="store_true", help="open_loop_chunks")
-    parser.add_argument("--chunk", type=int, default=None, help="frames per chunk")
+    parser.add_argument("--chunked", action="store_true", help="stream: open_loop(..., chunk=)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="frames per chunk (default: the top period)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the preset's model, loss or speed fields")
     args = parser.parse_args()
 
-    cfg = CWVAEConfig.preset(args.preset)
-    model = CWVAE(cfg, rngs=nnx.Rngs(0))
+    cfg = benchlib.load(args.preset, benchlib.parse_sets(args.set))
+    channels = cfg.model.channels
+    model = benchlib.build(cfg)
+    chunk = model.hierarchy.clock.top_period if args.chunk is None else args.chunk
     rng = np.random.default_rng(0)
-    context = jnp.asarray(rng.uniform(size=(args.batch, args.context, 64, 64, cfg.channels)),
+    context = jnp.asarray(rng.uniform(size=(args.batch, args.context, 64, 64, channels)),
                           jnp.float32)
     horizon = args.frames - args.context
 
     if args.chunked:
         def run(key: jax.Array) -> np.ndarray:
-            out = np.empty((args.batch, horizon, 64, 64, cfg.channels), np.uint8)
+            out = np.empty((args.batch, horizon, 64, 64, channels), np.uint8)
             pos = 0
-            for chunk in model.open_loop_chunks(context, horizon, key, chunk=args.chunk):
-                n = chunk.shape[1]
-                out[:, pos : pos + n] = np.asarray(jnp.clip(chunk, 0, 1) * 255).astype(np.uint8)
+            for chunk_frames in model.open_loop(context, horizon, key, chunk=chunk):
+                n = chunk_frames.shape[1]
+                out[:, pos : pos + n] = np.asarray(jnp.clip(chunk_frames, 0, 1) * 255).astype(np.uint8)
                 pos += n
             return out
     else:
@@ -63,10 +72,7 @@ def main() -> None:
 
         @jax.jit
         def predict(params, context, key):
-            full = jnp.concatenate(
-                [context, jnp.zeros((args.batch, horizon) + context.shape[2:], context.dtype)], 1
-            )
-            return nnx.merge(graphdef, params).open_loop(full, args.context, key)
+            return nnx.merge(graphdef, params).open_loop(context, horizon, key)
 
         def run(key: jax.Array) -> np.ndarray:
             pred = predict(params, context, key)
@@ -81,14 +87,15 @@ def main() -> None:
         run(jax.random.key(i + 1))
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    assert first.shape == (args.batch, horizon, 64, 64, cfg.channels)
+    assert first.shape == (args.batch, horizon, 64, 64, channels)
     figures = {
         "preset": args.preset,
         "frames": args.frames,
         "context": args.context,
         "batch": args.batch,
         "chunked": args.chunked,
-        "chunk": args.chunk,
+        "chunk": chunk if args.chunked else None,
+        "overrides": benchlib.parse_sets(args.set),
         "seconds": round(seconds, 3),
         "compile_s": round(max(first_s - seconds, 0.0), 2),
         "peak_rss_gib": round(peak_rss_gib(), 3),

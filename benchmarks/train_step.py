@@ -7,8 +7,12 @@ training steps), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s,
 of a large float32 matmul measured in the same process, and their ratio (MFU), and the
 loss against the plain computation (float32, lax convolutions, all frames at once, no
 remat) for the same weights, batch and key; the last line is a JSON object. The program
-restarts itself with glibc's malloc on huge pages (``clockwork.host``; opt out with
+restarts itself with glibc's malloc on huge pages (``examples/host.py``; opt out with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0``).
+
+``--set key=value`` changes a field of the preset's model, loss, optim or speed config
+(``levels=2``, ``'cell_options={"stoch_size": 4}'``, ``remat=true``,
+``compute_dtype=bfloat16``); values are JSON, else strings.
 
 The model FLOPs (``flops_per_step``, used for MFU) are those of the plain computation;
 ``program_flops_per_step`` are those of the program that ran (``hfu`` is its ratio). XLA
@@ -19,6 +23,7 @@ conv nets (``conv_chunk``) and is only a lower bound.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -30,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clockwork import CWVAE, CWVAEConfig
-from clockwork.host import hugepage_malloc_requested, restart_with_hugepage_malloc
+import benchlib
 from clockwork.training import init_train_state, make_loss_fn, make_optimizer, make_train_step
+from host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
 def peak_rss_gib() -> float:
@@ -53,13 +58,6 @@ def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def parse_value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def xla_flops(cost: dict | list | None) -> float:
     """The ``flops`` entry of an XLA cost analysis (NaN when it has none)."""
     cost = cost[0] if isinstance(cost, list) else cost
@@ -68,25 +66,27 @@ def xla_flops(cost: dict | list | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="mmnist", choices=["mmnist", "mazes", "minerl"])
+    parser.add_argument("--preset", default="mmnist", choices=["demo", "mmnist", "mazes", "minerl"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. levels=2 remat=true compute_dtype=bfloat16 "
-                             "(values parsed as JSON, else kept as strings)")
+                        help="overrides of the preset's model, loss, optim or speed fields, "
+                             "e.g. levels=2 remat=true compute_dtype=bfloat16 (values parsed "
+                             "as JSON, else kept as strings)")
     args = parser.parse_args()
 
-    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = CWVAEConfig.preset(args.preset, batch_size=args.batch, seq_len=args.seq_len, **overrides)
-    model = CWVAE(cfg, rngs=nnx.Rngs(0))
-    opt = make_optimizer(cfg)
+    overrides = benchlib.parse_sets(args.set)
+    cfg = benchlib.load(args.preset, overrides)
+    dtype = cfg.speed.compute_dtype
+    model = benchlib.build(cfg)
+    opt = make_optimizer(**dataclasses.asdict(cfg.optim))
     graphdef, state = init_train_state(model, opt, jax.random.key(0))
     del model
-    step = make_train_step(graphdef, opt)
+    step = make_train_step(graphdef, opt, compute_dtype=dtype)
     rng = np.random.default_rng(0)
     frames = jnp.asarray(
-        rng.integers(0, 256, (args.batch, args.seq_len, 64, 64, cfg.channels), dtype=np.uint8)
+        rng.integers(0, 256, (args.batch, args.seq_len, 64, 64, cfg.model.channels), dtype=np.uint8)
     )
 
     t0 = time.perf_counter()
@@ -107,12 +107,16 @@ def main() -> None:
     peak = peak_rss_gib()  # before the reference computations below
 
     # The plain computation: float32, lax convolutions, all frames at once, no remat.
-    plain = cfg.replace(compute_dtype="float32", conv_impl="lax", conv_chunk=None, remat=False)
-    plain_graphdef = nnx.graphdef(nnx.eval_shape(lambda: CWVAE(plain, rngs=nnx.Rngs(0))))
-    plain_step = make_train_step(plain_graphdef, opt)
+    plain_graphdef = nnx.graphdef(nnx.eval_shape(lambda: benchlib.build(cfg, benchlib.PLAIN)))
+    plain_step = make_train_step(plain_graphdef, opt, compute_dtype=benchlib.PLAIN.compute_dtype)
     model_flops = xla_flops(plain_step.lower(state0, frames).cost_analysis())
-    loss_of = lambda g: jax.jit(make_loss_fn(g))(state0.params, frames, state0.key)[0]  # noqa: E731
-    loss_here, loss_plain = float(loss_of(graphdef)), float(loss_of(plain_graphdef))
+
+    def loss_of(g: nnx.GraphDef, compute_dtype: str) -> float:
+        loss_fn = jax.jit(make_loss_fn(g, compute_dtype=compute_dtype))
+        return float(loss_fn(state0.params, frames, state0.key)[0])
+
+    loss_here = loss_of(graphdef, dtype)
+    loss_plain = loss_of(plain_graphdef, benchlib.PLAIN.compute_dtype)
     matmul = matmul_flops_per_s()
     achieved = model_flops / step_s
     figures = {

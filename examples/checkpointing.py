@@ -9,16 +9,20 @@ previous checkpoints intact.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from clockwork import CWVAE, CWVAEConfig
+from clockwork import CWVAE
 from clockwork.training import TrainState, init_train_state, make_optimizer
+
+if TYPE_CHECKING:
+    from run_config import RunConfig
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -51,14 +55,21 @@ def save(mgr: ocp.CheckpointManager, state: TrainState, pipeline: dict[str, int]
     )
 
 
-def abstract_state(config: CWVAEConfig) -> tuple[nnx.GraphDef, TrainState]:
+def build_model(config: RunConfig, key: int | jax.Array = 0) -> CWVAE:
+    """The run's model (its ``model``, ``loss`` and ``speed`` sections), the parameters
+    drawn from ``nnx.Rngs(key)``."""
+    return CWVAE.from_config(config.model, loss=config.loss, speed=config.speed,
+                             rngs=nnx.Rngs(key))
+
+
+def abstract_state(config: RunConfig) -> tuple[nnx.GraphDef, TrainState]:
     """The model's graph and the shapes of its train state, computing nothing."""
+    optimizer = make_optimizer(**dataclasses.asdict(config.optim))
 
     def create() -> TrainState:
-        model = CWVAE(config, rngs=nnx.Rngs(0))
-        return init_train_state(model, make_optimizer(config), jax.random.key(0))[1]
+        return init_train_state(build_model(config), optimizer, jax.random.key(0))[1]
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: CWVAE(config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config)))
     return graphdef, jax.eval_shape(create)
 
 

@@ -1,12 +1,14 @@
-"""Open-loop evaluation of a trained Clockwork VAE (SPEC section 8).
+"""Open-loop evaluation of a trained Clockwork VAE (docs/model.md#open-loop-prediction).
 
     python examples/eval.py --logdir runs/demo
     python examples/eval.py --logdir runs/mmnist/checkpoints/500000 --num-examples 100 \\
         --num-samples 10 --use-obs TTF
 
-Observes the first ``--open-loop-ctx`` frames of each of the first ``--num-examples`` test
-videos, predicts the rest of ``--seq-len`` frames ``--num-samples`` times and scores every
-predicted frame by PSNR and SSIM. Writes to ``--outdir`` (default
+Reads the run's ``config.yaml`` (importing its ``imports`` first, so that the cells it
+names resolve), restores a checkpoint, observes the first ``--open-loop-ctx`` frames of
+each of the first ``--num-examples`` test videos, predicts the rest of ``--seq-len``
+frames ``--num-samples`` times, streamed one top-level period at a time
+(``CWVAE.open_loop(..., chunk=...)``), and scores every predicted frame by PSNR and SSIM. Writes to ``--outdir`` (default
 ``<run>/eval/step<step>-ctx<ctx>-len<T>-obs<flags>-<examples>x<samples>-seed<seed>``,
 ``-noclip`` appended with ``--no-clip``):
 
@@ -43,10 +45,10 @@ import fileio
 import media
 import run_config
 import sources
-from clockwork import data
+from clockwork import Clock, data
 from clockwork.hierarchy import parse_use_obs
-from clockwork.host import restart_with_hugepage_malloc
 from clockwork.metrics import best_of_samples, psnr, ssim, summarize_curves
+from host import restart_with_hugepage_malloc
 
 GRID_COLUMNS = 50  # most frames per row of the prediction strips
 PERCENTILES = (5.0, 50.0, 95.0)
@@ -140,12 +142,13 @@ def evaluate(
     """
     started = time.perf_counter()
     run = pathlib.Path(run)
-    config = run_config.read(run / "config.yaml")
-    m = config.model
-    ctx = m.open_loop_ctx if settings.open_loop_ctx is None else settings.open_loop_ctx
-    length = m.eval_seq_len if settings.seq_len is None else settings.seq_len
-    use_obs = settings.use_obs or "T" * m.levels
-    check_settings(settings, m.clock.periods[-1], m.levels, ctx, length, use_obs)
+    config = run_config.read(run / "config.yaml")  # imports its modules first
+    e = config.eval
+    ctx = e.open_loop_ctx if settings.open_loop_ctx is None else settings.open_loop_ctx
+    length = e.eval_seq_len if settings.seq_len is None else settings.seq_len
+    clock = config.model.clock
+    use_obs = settings.use_obs or "T" * clock.levels
+    check_settings(settings, clock, ctx, length, use_obs)
     horizon = length - ctx
 
     mgr = checkpointing.manager(run / checkpointing.CHECKPOINT_DIR, read_only=True)
@@ -154,7 +157,7 @@ def evaluate(
         which = "" if step is None else f" of step {step}"
         raise ValueError(f"no checkpoint{which} in {mgr.directory} (it holds steps "
                          f"{list(mgr.all_steps())})")
-    graphdef, abstract = checkpointing.abstract_state(m)
+    graphdef, abstract = checkpointing.abstract_state(config)
     params = checkpointing.restore(mgr, step, abstract)[0].params
     mgr.close()
     model = nnx.merge(graphdef, params)
@@ -221,7 +224,7 @@ def evaluate(
 
 
 def check_settings(
-    settings: EvalSettings, top: int, levels: int, ctx: int, length: int, use_obs: str
+    settings: EvalSettings, clock: Clock, ctx: int, length: int, use_obs: str
 ) -> None:
     """Raises ValueError with a message naming the flag at fault."""
     for name in ("num_examples", "num_samples", "sample_batch"):
@@ -229,17 +232,18 @@ def check_settings(
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= settings.num_random:
         raise ValueError("--num-random must be non-negative")
-    if ctx < 0 or ctx % top:
-        raise ValueError(f"--open-loop-ctx {ctx} must be a non-negative multiple of the top "
-                         f"level's period {top}")
+    clock.check_top_multiple(ctx, "--open-loop-ctx")
     if length <= ctx:
         raise ValueError(f"--seq-len {length} must exceed --open-loop-ctx {ctx}")
-    parse_use_obs(use_obs, levels)
+    parse_use_obs(use_obs, clock.levels)
 
 
 def predict(model: Any, context: jax.Array, horizon: int, key: jax.Array, use_obs: str) -> jax.Array:
-    """``(B, horizon, 64, 64, C)`` open-loop predictions, decoded chunk by chunk."""
-    return jnp.concatenate(list(model.open_loop_chunks(context, horizon, key, use_obs=use_obs)), axis=1)
+    """``(B, horizon, 64, 64, C)`` open-loop predictions, imagined and decoded one
+    top-level period at a time (memory does not grow with the horizon)."""
+    chunks = model.open_loop(context, horizon, key, use_obs=use_obs,
+                             chunk=model.hierarchy.clock.top_period)
+    return jnp.concatenate(list(chunks), axis=1)
 
 
 def write_example(

@@ -1,11 +1,26 @@
-"""Run configuration of the example programs: model fields plus trainer fields.
+"""Run configuration of the example programs: the library's configs plus the programs' own.
 
-A run is configured by a YAML file with two sections, ``model`` (fields of
-:class:`clockwork.CWVAEConfig`) and ``train`` (fields of :class:`TrainConfig`), and by
-command-line overrides ``--<field> <value>`` for any field of either section. Values are
-parsed as YAML (``--lr 1e-4``, ``--beta null``, ``--remat true``); a comma-separated
-value is a list (``--factors 4,4,4``). Unknown fields and values of the wrong type are
-rejected with a message that names the field.
+A run is configured by a YAML file with up to six sections, each the fields of one
+frozen dataclass:
+
+* ``model``: :class:`clockwork.config.ModelConfig` (the architecture, cells included);
+* ``loss``: :class:`clockwork.config.LossConfig`;
+* ``optim``: :class:`clockwork.config.OptimConfig`;
+* ``speed``: :class:`clockwork.config.SpeedConfig`;
+* ``train``: :class:`TrainConfig` (data, batch, schedule, checkpoints, videos, mesh);
+* ``eval``: :class:`EvalConfig` (the open loop's context and the evaluator's length);
+
+and an optional top-level ``imports: [module, ...]``: Python modules imported before
+anything is built, so that their ``clockwork.cells.register(...)`` calls have run when
+``model.cell`` names a cell. A cell may also be named by an import path
+``package.module:Factory``, which needs no registration.
+
+Every field of every section can be overridden on the command line, ``--<field> VALUE``
+(field names are unique across sections), and ``--imports a,b``. Values are parsed as
+YAML (``--lr 1e-4``, ``--beta null``, ``--remat true``, ``--cell_options "{stoch_size: 4}"``);
+a comma-separated value is a list (``--factors 4,4,4``, ``--cell rssm,gru``). Unknown or
+misplaced fields and values of the wrong type are rejected with a message that names the
+section and the field.
 """
 
 from __future__ import annotations
@@ -13,26 +28,46 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import importlib
 import os
 import pathlib
-import types
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# dacite builds the typed, frozen dataclasses straight from the YAML mappings: it checks
+# every value against the field's annotation (unions, ``tuple[int, ...]``, ``dict[str,
+# Any]``, ``None``), rejects unknown keys (strict) and casts YAML lists to tuples, so the
+# dataclasses' annotations are the one schema and this module keeps no type logic of
+# its own; the dataclasses' ``__post_init__`` then check the values.
+import dacite
 import yaml
 
 import fileio
-from clockwork import CWVAEConfig, parallel
+from clockwork import cells, parallel
+from clockwork.config import LossConfig, ModelConfig, OptimConfig, SpeedConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 DATASETS = {"mmnist": 1, "mazes": 3, "minerl": 3}  # dataset -> channels
 DATA_SOURCES = ("tfds", "generated")
+IMPORTS = "imports"
+
+
+def _check_ints(obj: Any, positive: Sequence[str], non_negative: Sequence[str] = ()) -> None:
+    for name in (*positive, *non_negative):
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < (1 if name in positive else 0):
+            sign = "positive" if name in positive else "non-negative"
+            raise ValueError(f"{name} must be {sign}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything the trainer needs besides the model.
+    """Everything the trainer needs besides the model, the loss and the optimiser.
 
     Attributes:
       dataset: ``mmnist``, ``mazes`` or ``minerl``.
@@ -43,6 +78,8 @@ class TrainConfig:
       datadir: tfds data folder; ``None`` is tfds's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       seed: seeds the parameters, the training noise, the data order and the video noise.
+      batch_size: sequences per training step (the global batch with a mesh).
+      seq_len: frames per training sequence.
       num_steps: training steps of the whole run.
       log_every: steps between metric records (means over the steps since the last one).
       ckpt_every: steps between checkpoints; a multiple of ``log_every``.
@@ -65,6 +102,8 @@ class TrainConfig:
     generated_videos: int = 1000
     datadir: str | None = None
     seed: int = 0
+    batch_size: int = 50
+    seq_len: int = 100
     num_steps: int = 500_000
     log_every: int = 100
     ckpt_every: int = 5000
@@ -86,15 +125,12 @@ class TrainConfig:
             raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
         if self.data_source == "generated" and self.dataset != "mmnist":
             raise ValueError(f"data_source 'generated' is Moving MNIST only, not {self.dataset!r}")
-        positive = ("generated_videos", "num_steps", "log_every", "ckpt_every", "keep",
-                    "video_examples")
-        for name in positive + ("seed", "keep_every", "video_every", "prefetch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value < (1 if name in positive else 0):
-                sign = "positive" if name in positive else "non-negative"
-                raise ValueError(f"{name} must be {sign}, got {value}")
+        _check_ints(
+            self,
+            ("generated_videos", "batch_size", "seq_len", "num_steps", "log_every",
+             "ckpt_every", "keep", "video_examples"),
+            ("seed", "keep_every", "video_every", "prefetch"),
+        )
         if self.ckpt_every % self.log_every:
             raise ValueError(
                 f"ckpt_every ({self.ckpt_every}) must be a multiple of log_every "
@@ -107,6 +143,35 @@ class TrainConfig:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The open loop's settings: the trainer's videos and the evaluator's defaults.
+
+    Attributes:
+      eval_seq_len: context plus predicted frames of an evaluation (``eval.py --seq-len``).
+      open_loop_ctx: context frames of the videos and of an evaluation; a multiple of the
+        top level's period.
+    """
+
+    eval_seq_len: int = 1000
+    open_loop_ctx: int = 36
+
+    def __post_init__(self) -> None:
+        _check_ints(self, ("eval_seq_len",), ("open_loop_ctx",))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "speed": SpeedConfig,
+    "train": TrainConfig, "eval": EvalConfig,
+}
+FIELD_SECTION: dict[str, str] = {}
+for _section, _cls in SECTIONS.items():
+    for _field in dataclasses.fields(_cls):
+        if _field.name in FIELD_SECTION or _field.name == IMPORTS:
+            raise RuntimeError(f"field {_field.name!r} of section {_section!r} is not unique: "
+                               "the flat command-line overrides need unique names")
+        FIELD_SECTION[_field.name] = _section
+
 RESUMABLE_CHANGES = frozenset(
     {"num_steps", "log_every", "ckpt_every", "keep", "keep_every", "video_every",
      "video_examples", "prefetch", "datadir", "wandb", "wandb_project", "mesh"}
@@ -115,51 +180,101 @@ RESUMABLE_CHANGES = frozenset(
 (``mesh`` only up to float32 rounding)."""
 
 
+def _to_float(value: Any) -> Any:
+    """A ``float`` field's value: ints and numeric strings (YAML 1.1 reads ``1e-4`` as a
+    string) as floats; anything else unchanged, for dacite to reject."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+DACITE = dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float})
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading floats without a dot (``1e-4``) as floats, as
+    YAML 1.2 does: ``cell_options`` values have no declared type to convert them to."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A model configuration and a trainer configuration, checked against each other."""
+    """One configuration per section and the modules to import, checked together."""
 
-    model: CWVAEConfig
-    train: TrainConfig
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    speed: SpeedConfig = dataclasses.field(default_factory=SpeedConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        m, t = self.model, self.train
+        m, t, e = self.model, self.train, self.eval
         if m.channels != DATASETS[t.dataset]:
             raise ValueError(
                 f"dataset {t.dataset!r} has {DATASETS[t.dataset]} channel(s), but the model "
                 f"has channels={m.channels}"
             )
-        if t.video_every and t.video_examples > m.batch_size:
+        self.loss.check_levels(m.levels)
+        for level, (name, options) in enumerate(m.cells()):
+            try:
+                _check_cell(name, options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"cell of level {level}: {err}") from None
+        if t.video_every and t.video_examples > t.batch_size:
             raise ValueError(
-                f"video_examples ({t.video_examples}) must not exceed batch_size ({m.batch_size})"
+                f"video_examples ({t.video_examples}) must not exceed batch_size ({t.batch_size})"
             )
         data = None if t.mesh is None else parallel.parse_mesh(t.mesh)[0]
-        if data is not None and m.batch_size % data:
+        if data is not None and t.batch_size % data:
             raise ValueError(
-                f"batch_size ({m.batch_size}) must be a multiple of the mesh's data axis ({data})"
+                f"batch_size ({t.batch_size}) must be a multiple of the mesh's data axis ({data})"
             )
-        top = m.clock.periods[-1]
-        if m.open_loop_ctx % top:
-            raise ValueError(
-                f"open_loop_ctx ({m.open_loop_ctx}) must be a multiple of the top level's "
-                f"period ({top})"
-            )
-        if t.video_every and m.open_loop_ctx >= m.seq_len:
+        m.clock.check_top_multiple(e.open_loop_ctx, "open_loop_ctx")
+        if t.video_every and e.open_loop_ctx >= t.seq_len:
             raise ValueError(
                 f"videos predict seq_len - open_loop_ctx frames: open_loop_ctx "
-                f"({m.open_loop_ctx}) must be below seq_len ({m.seq_len}), or set video_every 0"
+                f"({e.open_loop_ctx}) must be below seq_len ({t.seq_len}), or set video_every 0"
             )
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain YAML-ready values (tuples as lists)."""
-        return {"model": _plain(self.model.to_dict()), "train": _plain(dataclasses.asdict(self.train))}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready values (tuples as lists): ``imports`` and one dict per section."""
+        out: dict[str, Any] = {IMPORTS: list(self.imports)}
+        for section in SECTIONS:
+            out[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        return out
 
 
-SECTIONS: dict[str, type] = {"model": CWVAEConfig, "train": TrainConfig}
-FIELD_SECTION: dict[str, str] = {
-    f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-}
-_HINTS = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
+def _check_cell(name: str, options: dict[str, Any]) -> None:
+    """Builds the cell abstractly (computing nothing), so that misspelt ``cell_options``
+    stop the program before anything runs; remembers the (factory, options) it built."""
+    try:
+        key = (cells.resolve(name), tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # unhashable option values: check every time
+        cells.feature_size(name, embed_size=1, **options)
+        return
+    if key not in _CHECKED_CELLS:
+        cells.feature_size(name, embed_size=1, **options)
+        _CHECKED_CELLS.add(key)
+
+
+_CHECKED_CELLS: set[tuple[Any, ...]] = set()
 
 
 def _plain(value: Any) -> Any:
@@ -170,112 +285,121 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _options(hint: Any) -> tuple[Any, ...]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return typing.get_args(hint)
-    return (hint,)
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
-def _describe(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             type(None): "null"}
-    plurals = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
-    parts = []
-    for option in _options(hint):
-        if typing.get_origin(option) is tuple:
-            parts.append(f"a list of {plurals[typing.get_args(option)[0]]}")
-        else:
-            parts.append(names[option])
-    return " or ".join(parts)
+@functools.cache
+def _probe(section: str, name: str) -> tuple[type, Any]:
+    """A one-field dataclass with the type of field ``name`` (and the type)."""
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    return dataclasses.make_dataclass(f"{section}_{name}", [(name, hint)]), hint
 
 
-def _convert(value: Any, option: Any) -> Any:
-    """``value`` as the type ``option``; raises TypeError if it is not one."""
-    if option is type(None) and value is None:
-        return None
-    if option is bool and isinstance(value, bool):
-        return value
-    if option is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if option is float and not isinstance(value, bool):
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    if option is str and isinstance(value, str):
-        return value
-    if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)) and value:
-        element = typing.get_args(option)[0]
-        return tuple(_coerce_one(v, element) for v in value)
-    raise TypeError
-
-
-def _coerce_one(value: Any, hint: Any) -> Any:
-    for option in _options(hint):
-        try:
-            return _convert(value, option)
-        except TypeError:
-            continue
-    raise TypeError
-
-
-def coerce(name: str, value: Any) -> Any:
-    """``value`` converted to the declared type of field ``name``.
-
-    Raises:
-      KeyError: ``name`` is not a field.
-      ValueError: ``value`` does not have the field's type.
-    """
-    section = FIELD_SECTION[name]
-    hint = _HINTS[section][name]
+def type_error(section: str, name: str, value: Any) -> str | None:
+    """The message for ``value`` not having field ``name``'s declared type, or None."""
+    probe, hint = _probe(section, name)
     try:
-        return _coerce_one(value, hint)
-    except TypeError:
-        raise ValueError(f"{name} must be {_describe(hint)}, got {value!r}") from None
+        dacite.from_dict(probe, {name: value}, config=DACITE)
+    except (dacite.DaciteError, TypeError, ValueError):  # TypeError: casting 4 to a tuple
+        return f"{section}.{name} must be {_type_name(hint)}, got {value!r}"
+    return None
 
 
-def unknown_key_message(keys: Sequence[str], prefix: str = "") -> str:
-    """``unknown config key(s): ...`` with the closest known names."""
+def unknown_key_message(keys: Sequence[str], prefix: str = "", section: str | None = None) -> str:
+    """``unknown config key(s): ...`` with the closest known names, or the section a
+    misplaced key (one of another section, read in ``section``) belongs to."""
     parts = []
     for key in keys:
-        close = difflib.get_close_matches(key, list(FIELD_SECTION), n=1)
+        if section is not None and key in FIELD_SECTION:
+            parts.append(f"{prefix}{key} (a field of section {FIELD_SECTION[key]!r})")
+            continue
+        if section is not None and key == IMPORTS:
+            parts.append(f"{prefix}{key} (a top-level key)")
+            continue
+        close = difflib.get_close_matches(key, [*FIELD_SECTION, IMPORTS], n=1)
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         parts.append(f"{prefix}{key}{hint}")
     return f"unknown config key(s): {', '.join(parts)}"
 
 
-def build(values: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any] = {}) -> RunConfig:
-    """A checked :class:`RunConfig` from ``{"model": {...}, "train": {...}}`` and flat overrides.
+def _section(section: str, given: Mapping[str, Any]) -> Any:
+    """Section ``section`` built by dacite from ``given``; ValueError naming the field."""
+    cls = SECTIONS[section]
+    for name, value in given.items():
+        if FIELD_SECTION.get(name) == section:
+            message = type_error(section, name, value)
+            if message is not None:
+                raise ValueError(message)
+    try:
+        return dacite.from_dict(cls, dict(given), config=DACITE)
+    except dacite.UnexpectedDataError as e:
+        keys = [k for k in given if k in e.keys]  # in the order given
+        raise ValueError(f"in section {section!r}: {unknown_key_message(keys, section=section)}") from None
+    except dacite.DaciteFieldError as e:  # types were checked above; kept for safety
+        raise ValueError(f"{section}.{e.field_path}: {e}") from None
+    except (TypeError, ValueError) as e:  # the dataclass's own checks
+        raise ValueError(f"invalid {section} config: {e}") from None
+
+
+def _import_names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"imports must be a list of module names, got {value!r}")
+    return tuple(value)
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Imports ``names`` (their cell registrations run); ValueError naming the module."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"imports: cannot import module {name!r} ({e})") from None
+
+
+def build(values: Mapping[str, Any], overrides: Mapping[str, Any] = {}) -> RunConfig:
+    """A checked :class:`RunConfig` from ``{"model": {...}, ..., "imports": [...]}`` and
+    flat ``{field: value}`` overrides. Imports the ``imports`` modules first.
 
     Raises:
-      ValueError: an unknown section or field, a value of the wrong type, or a value that
-        the configuration classes reject; the message names the field.
+      ValueError: an unknown section or field, a value of the wrong type, a module that
+        does not import, or a value that the configuration classes reject; the message
+        names the section and the field.
     """
-    extra = set(values) - set(SECTIONS)
+    if not isinstance(values, Mapping):
+        raise ValueError(f"a config must be a mapping of sections, got {values!r}")
+    extra = [k for k in values if k not in SECTIONS and k != IMPORTS]
     if extra:
-        raise ValueError(f"unknown config section(s) {sorted(extra)}; expected 'model' and 'train'")
-    fields: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(
+            str(k), [*SECTIONS, IMPORTS], n=1)) else "") for k in extra]
+        raise ValueError(f"unknown config section(s) {', '.join(hints)}; expected "
+                         f"{', '.join(SECTIONS)} and {IMPORTS}")
+    fields: dict[str, dict[str, Any]] = {}
     for section in SECTIONS:
         given = values.get(section) or {}
         if not isinstance(given, Mapping):
             raise ValueError(f"config section {section!r} must be a mapping, got {given!r}")
-        misplaced = [k for k in given if FIELD_SECTION.get(k) != section]
-        if misplaced:
-            raise ValueError(f"in section {section!r}: {unknown_key_message(misplaced)}")
-        fields[section].update(given)
-    unknown = [k for k in overrides if k not in FIELD_SECTION]
+        fields[section] = dict(given)
+    unknown = [k for k in overrides if k not in FIELD_SECTION and k != IMPORTS]
     if unknown:
         raise ValueError(unknown_key_message(unknown))
+    imports = values.get(IMPORTS)
     for key, value in overrides.items():
-        fields[FIELD_SECTION[key]][key] = value
-    for section_fields in fields.values():
-        for key, value in section_fields.items():
-            section_fields[key] = coerce(key, value)
+        if key == IMPORTS:
+            imports = value
+        else:
+            fields[FIELD_SECTION[key]][key] = value
+    names = _import_names(imports)
+    import_modules(names)  # before the model section resolves its cells
+    built = {section: _section(section, fields[section]) for section in SECTIONS}
     try:
-        return RunConfig(CWVAEConfig(**fields["model"]), TrainConfig(**fields["train"]))
+        return RunConfig(**built, imports=names)
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid config: {e}") from None
 
@@ -296,10 +420,9 @@ def config_path(name: str) -> pathlib.Path:
 
 def load(name: str, overrides: Mapping[str, Any] = {}) -> RunConfig:
     """The YAML config ``name`` (see :func:`config_path`) with ``overrides`` applied."""
-    with open(config_path(name)) as f:
-        values = yaml.safe_load(f) or {}
+    values = _yaml(config_path(name).read_text()) or {}
     if not isinstance(values, Mapping):
-        raise ValueError(f"config {name!r} must be a YAML mapping with 'model' and 'train'")
+        raise ValueError(f"config {name!r} must be a YAML mapping of sections ({', '.join(SECTIONS)})")
     return build(values, overrides)
 
 
@@ -310,31 +433,36 @@ def save(config: RunConfig, path: str | os.PathLike[str]) -> None:
 
 
 def read(path: str | os.PathLike[str]) -> RunConfig:
-    """A config written by :func:`save`."""
-    with open(path) as f:
-        return build(yaml.safe_load(f))
+    """A config written by :func:`save` (its ``imports`` are imported)."""
+    return build(_yaml(pathlib.Path(path).read_text()) or {})
 
 
 def parse_value(name: str, text: str) -> Any:
-    """The command-line value ``text`` of field ``name``, converted to its type.
+    """The command-line value ``text`` of field ``name`` (or of ``imports``).
 
     ``text`` is read as YAML, a comma-separated one as a list; a field that takes
     strings keeps ``text`` as is when its YAML reading is not a valid value
-    (``--datadir yes`` is the folder ``yes``).
+    (``--datadir yes`` is the folder ``yes``). Types are checked by :func:`build`.
     """
-    value = yaml.safe_load(text) if text.strip() else text
+    if name == IMPORTS:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    value = _yaml(text) if text.strip() else text
     if isinstance(value, str) and "," in value:
-        value = [yaml.safe_load(part) for part in value.split(",")]
-    try:
-        return coerce(name, value)
-    except ValueError:
-        if str in _options(_HINTS[FIELD_SECTION[name]][name]):
-            return text
-        raise
+        value = [_yaml(part) for part in value.split(",")]
+    section = FIELD_SECTION[name]
+    hint = _probe(section, name)[1]
+    takes_str = hint is str or str in typing.get_args(hint)
+    if takes_str and type_error(section, name, value) is not None:
+        return text
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--<field>`` (also ``--<field-with-dashes>``) option per config field."""
+    """One ``--<field>`` (also ``--<field-with-dashes>``) option per config field, and
+    ``--imports``."""
+    parser.add_argument("--imports", dest=IMPORTS, default=argparse.SUPPRESS, metavar="MODULES",
+                        help="comma-separated Python modules to import first (their "
+                             "clockwork.cells.register calls run); replaces the config's")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(
             f"{section} overrides", f"fields of {cls.__name__}; values are YAML"
@@ -347,20 +475,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides(namespace: argparse.Namespace) -> dict[str, Any]:
-    """The fields given on the command line, converted (raises ValueError)."""
+    """The fields (and ``imports``) given on the command line, parsed."""
     return {
         name: parse_value(name, text)
         for name, text in vars(namespace).items()
-        if name in FIELD_SECTION
+        if name in FIELD_SECTION or name == IMPORTS
     }
 
 
 def resume_conflicts(saved: RunConfig, current: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """Fields whose change would alter a resumed run's trajectory: ``{name: (saved, now)}``."""
+    """Fields whose change would alter a resumed run's trajectory: ``{name: (saved, now)}``
+    (``imports`` included: they decide what the cell names mean)."""
     old, new = saved.to_dict(), current.to_dict()
-    return {
-        name: (old[section][name], new[section].get(name))
-        for section in SECTIONS
-        for name in old[section]
-        if old[section][name] != new[section].get(name) and name not in RESUMABLE_CHANGES
-    }
+    conflicts = {}
+    if old[IMPORTS] != new[IMPORTS]:
+        conflicts[IMPORTS] = (old[IMPORTS], new[IMPORTS])
+    for section in SECTIONS:
+        for name in old[section]:
+            if old[section][name] != new[section].get(name) and name not in RESUMABLE_CHANGES:
+                conflicts[name] = (old[section][name], new[section].get(name))
+    return conflicts

@@ -31,10 +31,10 @@ class Prefix:
         return self.videos[index][: self.frames]
 
 
-def train_videos(cfg: TrainConfig, seq_len: int) -> data.VideoSource:
-    """The training split; generated videos are ``seq_len`` frames long."""
+def train_videos(cfg: TrainConfig) -> data.VideoSource:
+    """The training split; generated videos are ``cfg.seq_len`` frames long."""
     if cfg.data_source == "generated":
-        return data.generate_moving_mnist(cfg.generated_videos, seq_len, GENERATED_SEED)
+        return data.generate_moving_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED)
     return _tfds_split(cfg, "train")
 
 

@@ -3,11 +3,17 @@
     python examples/train.py --config demo --logdir runs/demo
     python examples/train.py --config mmnist --logdir runs/mmnist --datadir ~/tfds --seed 1
     python examples/train.py --config mazes --logdir runs/mazes --levels 4 --factors 4,4,4
+    python examples/train.py --config demo --logdir runs/gru --cell gru \
+        --cell_options "{det_size: 64, hidden_size: 64}"
+    python examples/train.py --config demo --logdir runs/mine --imports my_cells --cell mine
     python examples/train.py --config mmnist --logdir runs/mmnist --mesh 8       # 8 devices
     python examples/train.py --config mmnist --logdir gs://b/run --mesh auto --distributed
 
 ``--config`` is a file of ``examples/configs/`` (``demo``, ``mmnist``, ``mazes``,
-``minerl``) or a YAML path; every config field can be overridden (``--<field> VALUE``).
+``minerl``) or a YAML path with the sections ``model``, ``loss``, ``optim``, ``speed``,
+``train`` and ``eval`` (see ``run_config.py``); every field of every section can be
+overridden (``--<field> VALUE``). A cell is a registered name (``rssm``, ``gru``, or one
+registered by a module of ``--imports``) or an import path ``module:Factory``.
 Running again with the same ``--logdir`` resumes the run from its last checkpoint (and
 may leave out ``--config``). The run folder gets ``config.yaml``, ``metrics.jsonl``,
 TensorBoard files in ``tb/``, checkpoints in ``checkpoints/`` and open-loop videos in
@@ -18,6 +24,7 @@ TensorBoard files in ``tb/``, checkpoints in ``checkpoints/`` and open-loop vide
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -38,8 +45,7 @@ import fileio
 import media
 import run_config
 import sources
-from clockwork import CWVAE, data, parallel
-from clockwork.host import restart_with_hugepage_malloc
+from clockwork import data, parallel
 from clockwork.metrics import psnr, ssim
 from clockwork.training import (
     TrainState,
@@ -48,6 +54,7 @@ from clockwork.training import (
     make_optimizer,
     make_train_step,
 )
+from host import restart_with_hugepage_malloc
 from run_config import RunConfig
 
 VIDEO_COLUMNS = 32  # frames per row of the PNG strips
@@ -79,7 +86,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[RunConfig, pathlib.Path, argpars
     """:func:`parse_args` plus the multi-process launch flags."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], allow_abbrev=False,
-        usage="%(prog)s [--config NAME] --logdir DIR [--<field> VALUE ...]",
+        usage="%(prog)s [--config NAME] --logdir DIR [--imports MODULES] [--<field> VALUE ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="demo, mmnist, mazes, minerl or a .yaml path "
@@ -146,15 +153,15 @@ def train_and_evaluate(
     reads its own rows of the global batch, all write the checkpoints together (Orbax)
     and only process 0 writes the config, logs and videos.
     """
-    m, t = config.model, config.train
+    t, speed = config.train, config.speed
     workdir = pathlib.Path(workdir)
     primary = jax.process_index() == 0
     mesh = None if t.mesh is None else parallel.make_mesh(*parallel.parse_mesh(t.mesh))
     if mesh is None and jax.process_count() > 1:
         raise ValueError("a multi-process run needs a mesh (--mesh auto)")
-    rows = m.batch_size // jax.process_count()  # this process's rows of the global batch
-    if rows * jax.process_count() != m.batch_size:
-        raise ValueError(f"batch_size ({m.batch_size}) must be a multiple of the number of "
+    rows = t.batch_size // jax.process_count()  # this process's rows of the global batch
+    if rows * jax.process_count() != t.batch_size:
+        raise ValueError(f"batch_size ({t.batch_size}) must be a multiple of the number of "
                          f"processes ({jax.process_count()})")
     if t.video_every and t.video_examples > rows:
         raise ValueError(f"video_examples ({t.video_examples}) must not exceed the rows of "
@@ -165,18 +172,20 @@ def train_and_evaluate(
     train_src, val_batch = load_videos(config, videos)
     ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
     mgr = checkpointing.manager(ckpt_dir, keep=t.keep, keep_every=t.keep_every)
-    optimizer = make_optimizer(m)
+    optimizer = make_optimizer(**dataclasses.asdict(config.optim))
     init_key, train_key, video_key = jax.random.split(jax.random.key(t.seed), 3)
     pipeline = data.VideoPipeline(
-        train_src, seq_len=m.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch
+        train_src, seq_len=t.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch
     )
     last_saved = mgr.latest_step()
     if last_saved is None:
-        graphdef, state = init_train_state(CWVAE(m, rngs=nnx.Rngs(init_key)), optimizer, train_key)
+        model = checkpointing.build_model(config, init_key)
+        graphdef, state = init_train_state(model, optimizer, train_key)
+        del model
         if mesh is not None:
             state = parallel.shard_params(state, mesh)
     else:
-        graphdef, abstract = checkpointing.abstract_state(m)
+        graphdef, abstract = checkpointing.abstract_state(config)
         sharding = None if mesh is None else parallel.replicated(mesh)
         state, position = checkpointing.restore(mgr, last_saved, abstract, sharding)
         pipeline.restore(position)
@@ -188,14 +197,19 @@ def train_and_evaluate(
         print(f"resuming {workdir} from step {start}", flush=True)
 
     if mesh is None:
-        step_fn = make_train_step(graphdef, optimizer)
+        step_fn = make_train_step(graphdef, optimizer, compute_dtype=speed.compute_dtype)
     else:
-        step_fn = parallel.make_sharded_train_step(graphdef, optimizer, mesh)
-    video_fn = make_video_fn(graphdef, m.open_loop_ctx) if val_batch is not None else None
+        step_fn = parallel.make_sharded_train_step(
+            graphdef, optimizer, mesh, compute_dtype=speed.compute_dtype
+        )
+    video_fn = None
+    if val_batch is not None:
+        video_fn = make_video_fn(graphdef, config.eval.open_loop_ctx,
+                                 compute_dtype=speed.compute_dtype)
     log = MetricLog(workdir, start, wandb_run) if primary else None
     bar = tqdm(total=t.num_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (primary and sys.stderr.isatty()))
-    throughput = Throughput(m.batch_size * m.seq_len)
+    throughput = Throughput(t.batch_size * t.seq_len)
     pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
     perf: dict[str, float] = {}
     written: list[pathlib.Path] = []
@@ -250,13 +264,13 @@ def load_videos(
     config: RunConfig, videos: tuple[data.VideoSource, data.VideoSource] | None
 ) -> tuple[data.VideoSource, np.ndarray | None]:
     """The training videos and the fixed validation batch of the videos (None without)."""
-    m, t = config.model, config.train
+    t = config.train
     if videos is None:
-        train_src = sources.train_videos(t, m.seq_len)
-        val_src = sources.test_videos(t, t.video_examples, m.seq_len) if t.video_every else None
+        train_src = sources.train_videos(t)
+        val_src = sources.test_videos(t, t.video_examples, t.seq_len) if t.video_every else None
     else:
         train_src = videos[0]
-        val_src = sources.Prefix(videos[1], t.video_examples, m.seq_len) if t.video_every else None
+        val_src = sources.Prefix(videos[1], t.video_examples, t.seq_len) if t.video_every else None
     val_batch = None if val_src is None else np.stack([val_src[i] for i in range(len(val_src))])
     return train_src, val_batch
 
@@ -325,20 +339,23 @@ def progress(means: dict[str, float], fps: float | None) -> str:
     )
 
 
-def make_video_fn(graphdef: nnx.GraphDef, ctx: int) -> VideoFn:
+def make_video_fn(graphdef: nnx.GraphDef, ctx: int, *, compute_dtype: str = "float32") -> VideoFn:
     """Jitted ``(params, train_u8, val_u8, key) -> (uint8 predictions, val metrics)``.
 
-    Predicts frames ``ctx..`` of both batches at once (one compilation); the validation
-    metrics are the ELBO terms and the mean PSNR and SSIM of the predictions (clipped to
-    ``[0, 1]``, as the evaluator scores them).
+    Observes frames ``..ctx`` of both batches and predicts the rest at once (one
+    compilation); the validation metrics are the ELBO terms (computed as in training, in
+    ``compute_dtype``) and the mean PSNR and SSIM of the predictions (clipped to ``[0,
+    1]``, as the evaluator scores them).
     """
-    loss_fn = make_loss_fn(graphdef)
+    loss_fn = make_loss_fn(graphdef, compute_dtype=compute_dtype)
 
     @jax.jit
     def video_fn(params, train_u8, val_u8, key):
         open_key, loss_key = jax.random.split(key)
         frames = data.to_float(jnp.concatenate([train_u8, val_u8]))
-        pred = jnp.clip(nnx.merge(graphdef, params).open_loop(frames, ctx, open_key), 0.0, 1.0)
+        model = nnx.merge(graphdef, params)
+        pred = model.open_loop(frames[:, :ctx], frames.shape[1] - ctx, open_key)
+        pred = jnp.clip(pred, 0.0, 1.0)
         _, metrics = loss_fn(params, val_u8, loss_key)
         val_pred, val_truth = pred[train_u8.shape[0]:], frames[train_u8.shape[0]:, ctx:]
         metrics = dict(

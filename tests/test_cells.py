@@ -12,6 +12,8 @@ from clockwork.cells import (
     GRUCell,
     RSSMCell,
     StepOutput,
+    check_cell,
+    draw_noise,
     unroll,
 )
 
@@ -39,7 +41,7 @@ def np_head(head, y, min_std):
 
 
 def np_rssm_step(cell, prev, embed, context, noise):
-    """SPEC section 3, written out in NumPy."""
+    """docs/model.md#rssm-cell, written out in NumPy."""
     relu = lambda v: np.maximum(v, 0)  # noqa: E731
     x = relu(np_dense(cell.prior_in, np.concatenate([prev["sample"], context], -1)))
     det = np_gru(cell.gru, prev["det_state"], x)
@@ -73,8 +75,10 @@ def test_rssm_step_matches_numpy_spec(cell):
     embed = rng.normal(size=(B, EMB)).astype(np.float32)
     context = rng.normal(size=(B, CTX)).astype(np.float32)
     key = jax.random.key(7)
-    new, out = cell(state, jnp.asarray(embed), jnp.asarray(context), key, use_obs=True)
-    noise = np.asarray(jax.random.normal(key, (B, 2, S)))
+    noise = cell.noise(key, B)
+    np.testing.assert_array_equal(noise, jax.random.normal(key, (B, 2, S)))
+    new, out = cell(state, jnp.asarray(embed), jnp.asarray(context), noise, use_obs=True)
+    noise = np.asarray(noise)
     prev = dict(sample=np.asarray(state.sample), det_state=np.asarray(state.det_state))
     prior, post = np_rssm_step(cell, prev, embed, context, noise)
     for got, want in ((out.prior, prior), (out.posterior, post)):
@@ -92,10 +96,10 @@ def test_rssm_without_obs_posterior_is_prior(cell):
     rng = np.random.default_rng(1)
     state = random_state(rng)
     context = jnp.asarray(rng.normal(size=(B, CTX)).astype(np.float32))
-    key = jax.random.key(2)
-    new, out = cell(state, None, context, key, use_obs=False)
+    noise = cell.noise(jax.random.key(2), B)
+    new, out = cell(state, None, context, noise, use_obs=False)
     assert out.posterior is out.prior and new is out.prior
-    _, seen = cell(state, jnp.ones((B, EMB)), context, key, use_obs=True)
+    _, seen = cell(state, jnp.ones((B, EMB)), context, noise, use_obs=True)
     # The prior does not depend on whether the posterior is computed.
     np.testing.assert_array_equal(seen.prior.sample, out.prior.sample)
 
@@ -143,11 +147,14 @@ def test_unroll_equals_a_loop_of_single_steps(cell):
     embeds = jnp.asarray(rng.normal(size=(B, n, EMB)).astype(np.float32))
     contexts = jnp.asarray(rng.normal(size=(B, n, CTX)).astype(np.float32))
     key = jax.random.key(4)
-    last, out = unroll(cell, cell.initial_state(B), embeds, contexts, key, use_obs=True)
+    noise = draw_noise(cell, key, B, n)
+    last, out = unroll(cell, cell.initial_state(B), embeds, contexts, noise, use_obs=True)
     state = cell.initial_state(B)
     for t in range(n):
-        k = jax.random.fold_in(key, t)
-        state, step = cell(state, embeds[:, t], contexts[:, t], k, use_obs=True)
+        # Step t's noise comes from fold_in(key, t).
+        step_noise = cell.noise(jax.random.fold_in(key, t), B)
+        np.testing.assert_array_equal(noise[:, t], step_noise)
+        state, step = cell(state, embeds[:, t], contexts[:, t], step_noise, use_obs=True)
         np.testing.assert_allclose(out.posterior.mean[:, t], step.posterior.mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out.prior.stddev[:, t], step.prior.stddev, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last.det_state, state.det_state, rtol=1e-5, atol=1e-6)
@@ -158,9 +165,10 @@ def test_gru_cell_is_deterministic_with_zero_kl():
     cell = GRUCell(EMB, CTX, det_size=D, hidden_size=E, rngs=nnx.Rngs(0))
     assert isinstance(cell, Cell) and cell.feature_size == D
     contexts = jax.random.normal(jax.random.key(0), (B, 4, CTX))
-    _, a = unroll(cell, cell.initial_state(B), None, contexts, jax.random.key(1), use_obs=False)
-    _, b = unroll(cell, cell.initial_state(B), jnp.ones((B, 4, EMB)), contexts,
-                  jax.random.key(2), use_obs=True)
+    assert draw_noise(cell, jax.random.key(1), B, 4) is None  # a deterministic cell
+    _, a = unroll(cell, cell.initial_state(B), None, contexts, None, use_obs=False)
+    _, b = unroll(cell, cell.initial_state(B), jnp.ones((B, 4, EMB)), contexts, None,
+                  use_obs=True)
     np.testing.assert_array_equal(a.posterior.feature, b.posterior.feature)
     assert isinstance(a.posterior, DeterministicState)
     np.testing.assert_array_equal(a.posterior.kl(a.prior), np.zeros((B, 4)))
@@ -172,20 +180,25 @@ def test_gru_cell_is_deterministic_with_zero_kl():
 
 def test_unroll_checks_inputs(cell):
     contexts = jnp.zeros((B, 3, CTX))
+    noise = draw_noise(cell, jax.random.key(0), B, 3)
     with pytest.raises(ValueError, match="needs embeddings"):
-        unroll(cell, cell.initial_state(B), None, contexts, jax.random.key(0), use_obs=True)
+        unroll(cell, cell.initial_state(B), None, contexts, noise, use_obs=True)
     with pytest.raises(ValueError, match="steps"):
-        unroll(cell, cell.initial_state(B), jnp.zeros((B, 4, EMB)), contexts,
-               jax.random.key(0), use_obs=True)
+        unroll(cell, cell.initial_state(B), jnp.zeros((B, 4, EMB)), contexts, noise,
+               use_obs=True)
+    with pytest.raises(ValueError, match=r"noise has leading shape \(2, 2\), expected \(2, 3\)"):
+        unroll(cell, cell.initial_state(B), None, contexts, noise[:, :2], use_obs=False)
 
 
 def test_chunked_unroll_equals_whole_unroll(cell):
     rng = np.random.default_rng(3)
     contexts = jnp.asarray(rng.normal(size=(B, 7, CTX)).astype(np.float32))
     key = jax.random.key(8)
-    last, whole = unroll(cell, cell.initial_state(B), None, contexts, key, use_obs=False)
-    mid, first = unroll(cell, cell.initial_state(B), None, contexts[:, :3], key, use_obs=False)
-    end, second = unroll(cell, mid, None, contexts[:, 3:], key, use_obs=False, start=3)
+    noise = lambda n, start=0: draw_noise(cell, key, B, n, start=start)  # noqa: E731
+    last, whole = unroll(cell, cell.initial_state(B), None, contexts, noise(7), use_obs=False)
+    mid, first = unroll(cell, cell.initial_state(B), None, contexts[:, :3], noise(3),
+                        use_obs=False)
+    end, second = unroll(cell, mid, None, contexts[:, 3:], noise(4, 3), use_obs=False)
     joined = jnp.concatenate([first.prior.sample, second.prior.sample], axis=1)
     np.testing.assert_allclose(joined, whole.prior.sample, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(end.det_state, last.det_state, rtol=1e-5, atol=1e-6)
@@ -196,11 +209,14 @@ class ProtocolOnlyCell:
 
     feature_size = context_size = embed_size = 2
 
-    def initial_state(self, batch_size):
-        return DeterministicState(jnp.zeros((batch_size, 2)), jnp.zeros((batch_size, 2)))
+    def initial_state(self, batch_size, dtype=jnp.float32):
+        return DeterministicState(jnp.zeros((batch_size, 2), dtype), jnp.zeros((batch_size, 2), dtype))
 
-    def __call__(self, state, embed, context, key, *, use_obs):
-        x = state.det_out + context + jax.random.normal(key, context.shape)
+    def noise(self, key, batch_size, dtype=jnp.float32):
+        return jax.random.normal(key, (batch_size, 2), dtype)
+
+    def __call__(self, state, embed, context, noise, *, use_obs):
+        x = state.det_out + context + noise
         if use_obs:
             x = x + embed
         new = DeterministicState(x, x)
@@ -210,11 +226,56 @@ class ProtocolOnlyCell:
 def test_unroll_of_a_protocol_only_cell_equals_its_loop():
     cell = ProtocolOnlyCell()
     assert isinstance(cell, Cell)
+    check_cell(cell)
     contexts = jnp.ones((B, 4, 2))
     embeds = jnp.full((B, 4, 2), 0.5)
     key = jax.random.key(1)
-    _, out = unroll(cell, cell.initial_state(B), embeds, contexts, key, use_obs=True)
+    _, out = unroll(cell, cell.initial_state(B), embeds, contexts, draw_noise(cell, key, B, 4),
+                    use_obs=True)
     state = cell.initial_state(B)
     for t in range(4):
-        state, step = cell(state, embeds[:, t], contexts[:, t], jax.random.fold_in(key, t), use_obs=True)
+        noise = jax.random.normal(jax.random.fold_in(key, t), (B, 2))
+        state, step = cell(state, embeds[:, t], contexts[:, t], noise, use_obs=True)
         np.testing.assert_allclose(out.posterior.det_out[:, t], step.posterior.det_out, rtol=1e-6)
+
+
+class _Bad(ProtocolOnlyCell):
+    pass
+
+
+def _bad_cells():
+    no_call = type("NoCall", (), {"feature_size": 2, "context_size": 2, "embed_size": 2,
+                                  "initial_state": ProtocolOnlyCell.initial_state})()
+    half_fast = _Bad()
+    half_fast.prepare = lambda *a, **k: None
+    wide = _Bad()
+    wide.feature_size = 3
+    grows = _Bad()
+    grows.__class__ = type("Grows", (ProtocolOnlyCell,), {
+        "__call__": lambda self, s, e, c, n, *, use_obs: (
+            DeterministicState(jnp.zeros((2, 5)), jnp.zeros((2, 5))), StepOutput(s, s))})
+    plain = _Bad()
+    plain.__class__ = type("Plain", (ProtocolOnlyCell,), {
+        "__call__": lambda self, s, e, c, n, *, use_obs: (s, StepOutput(c, c))})
+    tuple_out = _Bad()
+    tuple_out.__class__ = type("TupleOut", (ProtocolOnlyCell,), {
+        "__call__": lambda self, s, e, c, n, *, use_obs: (s, [s])})
+    broken = _Bad()
+    broken.__class__ = type("Broken", (ProtocolOnlyCell,), {
+        "__call__": lambda self, s, e, c, n, *, use_obs: (s, StepOutput(s, s * 2))})
+    return [
+        (no_call, TypeError, r"cells\[1\] \(NoCall\) does not follow the Cell protocol: it has no __call__"),
+        (half_fast, TypeError, r"cells\[1\] has prepare but no step"),
+        (wide, ValueError, r"cells\[1\]: the prior's feature has shape \(2, 2\), expected .* \(2, 3\)"),
+        (grows, ValueError, r"cells\[1\]: a step with use_obs=True returned a state .* must keep the carry"),
+        (plain, TypeError, r"cells\[1\]: the prior \(ShapeDtypeStruct\) has no 'feature'"),
+        (tuple_out, TypeError, r"cells\[1\]: a step with use_obs=True must return \(state, StepOutput"),
+        (broken, TypeError, r"cells\[1\] \(Broken\): a step with use_obs=True failed"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_check_cell_names_the_level_and_the_fault(index):
+    cell, error, match = _bad_cells()[index]
+    with pytest.raises(error, match=match):
+        check_cell(cell, "cells[1]")

@@ -52,9 +52,16 @@ def test_tile_reads_step_t_over_k():
     assert tiled[0, :, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
 
 
-@pytest.mark.parametrize("bad", [(0,), (2, -1), (2.5,), ("3",), (True,)])
-def test_bad_factors(bad):
-    with pytest.raises((ValueError, TypeError), match=r"factors\[\d\]"):
+@pytest.mark.parametrize("bad,error,match", [
+    ((0,), ValueError, r"factors\[0\] must be an integer >= 1, got 0$"),
+    ((2, -1), ValueError, r"factors\[1\] must be an integer >= 1, got -1$"),
+    ((2.5,), TypeError, r"factors\[0\] must be an integer >= 1, got 2\.5 \(float\)"),
+    (("3",), TypeError, r"factors\[0\] must be an integer >= 1, got '3' \(str\)"),
+    ((True,), TypeError, r"factors\[0\] must be an integer >= 1, got True \(bool\)"),
+])
+def test_bad_factors(bad, error, match):
+    # A value out of range is a ValueError, a value of the wrong type a TypeError.
+    with pytest.raises(error, match=match):
         Clock(bad)
 
 

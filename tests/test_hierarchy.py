@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from clockwork.cells import GRUCell, RSSMCell, unroll
+from clockwork.cells import GRUCell, RSSMCell, draw_noise, unroll
 from clockwork.hierarchy import Clock, Hierarchy, parse_use_obs
 
 EMB, B = 8, 2
@@ -38,8 +38,8 @@ def test_one_level_equals_plain_scan_of_its_cell():
     k0 = jax.random.split(key, 1)[0]
     state = cell.initial_state(B)
     for t in range(9):
-        k = jax.random.fold_in(k0, t)
-        state, step = cell(state, e[0][:, t], jnp.zeros((B, 3)), k, use_obs=True)
+        noise = cell.noise(jax.random.fold_in(k0, t), B)
+        state, step = cell(state, e[0][:, t], jnp.zeros((B, 3)), noise, use_obs=True)
         np.testing.assert_allclose(out.posteriors[0].sample[:, t], step.posterior.sample, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out.priors[0].mean[:, t], step.prior.mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.last[0].det_state, state.det_state, rtol=1e-5, atol=1e-6)
@@ -50,6 +50,14 @@ def test_shapes_with_mixed_cells_and_factors():
     out = hier.observe(embeddings(hier.clock, 13), jax.random.key(0))
     assert [p.feature.shape for p in out.posteriors] == [(B, 13, 8), (B, 7, 7), (B, 3, 10)]
     assert out.last[2].sample.shape == (B, 4)
+    # Each level's last state is its posterior after its own last step, whatever its cell.
+    for level in range(3):
+        for last, steps in zip(jax.tree.leaves(out.last[level]),
+                               jax.tree.leaves(out.posteriors[level]), strict=True):
+            np.testing.assert_allclose(last, steps[:, -1], rtol=1e-6, atol=1e-7)
+    # The deterministic (GRU) level's prior is its posterior.
+    np.testing.assert_allclose(out.priors[1].feature, out.posteriors[1].feature, rtol=1e-6,
+                               atol=1e-7)
 
 
 def test_top_down_only():
@@ -76,7 +84,8 @@ def test_context_of_level_below_is_tiled_output_of_level_above():
     feat1 = np.asarray(out.posteriors[1].feature)
     ctx = jnp.asarray(np.stack([feat1[:, t // 3] for t in range(11)], axis=1))
     cell = hier.cells[0]
-    _, manual = unroll(cell, cell.initial_state(B), e[0], ctx, keys[0], use_obs=True)
+    noise = draw_noise(cell, keys[0], B, 11)
+    _, manual = unroll(cell, cell.initial_state(B), e[0], ctx, noise, use_obs=True)
     np.testing.assert_allclose(manual.posterior.mean, out.posteriors[0].mean, rtol=1e-6)
     np.testing.assert_allclose(manual.prior.stddev, out.priors[0].stddev, rtol=1e-6)
 
@@ -93,7 +102,8 @@ def test_use_obs_per_level_and_imagine():
     for p, q in zip(img.priors, img.posteriors):
         assert p is q
     # Imagination starts from the given states: its first det state follows from them.
-    state0, _ = hier.cells[2](out.last[2], None, jnp.zeros((B, 10)), jax.random.key(9), use_obs=False)
+    state0, _ = hier.cells[2](out.last[2], None, jnp.zeros((B, 10)), jnp.zeros((B, 2, 4)),
+                              use_obs=False)
     np.testing.assert_allclose(img.priors[2].det_state[:, 0], state0.det_state, rtol=1e-5, atol=1e-6)
 
 
@@ -101,9 +111,18 @@ def test_open_loop_ignores_nothing_but_its_context():
     hier = three_levels()
     ctx = 6
     e = embeddings(hier.clock, ctx)
-    seen, img = hier.open_loop(e, 10, jax.random.key(2), use_obs="TTT")
+    key = jax.random.key(2)
+    seen, img = hier.open_loop(e, 10, key, use_obs="TTT")
     assert img.priors[0].feature.shape == (B, 10, 8)
-    with pytest.raises(ValueError, match="multiple of the top period"):
+    # An observation of the context under the first half of the key, then an imagination
+    # from its last states under the second.
+    k_obs, k_img = jax.random.split(key)
+    want_seen = hier.observe(e, k_obs, use_obs="TTT")
+    want_img = hier.imagine(want_seen.last, 10, k_img)
+    for got, want in zip(jax.tree.leaves((seen, img)), jax.tree.leaves((want_seen, want_img)),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="context=7 must be a non-negative multiple of the top period 6"):
         hier.open_loop(embeddings(hier.clock, 7), 5, jax.random.key(0))
 
 
@@ -131,7 +150,7 @@ def test_bad_construction_and_inputs():
         Hierarchy([low, top], Clock((2,)))
     with pytest.raises(TypeError, match="Clock"):
         Hierarchy([low], (1,))
-    with pytest.raises(TypeError, match="Cell protocol"):
+    with pytest.raises(TypeError, match=r"cells\[0\] \(object\) does not follow the Cell protocol"):
         Hierarchy([object()], Clock(()))
     hier = three_levels()
     e = embeddings(hier.clock, 12)
@@ -163,5 +182,23 @@ def test_imagine_in_chunks_equals_one_imagination():
     for level in range(3):
         joined = jnp.concatenate([a.priors[level].feature, b.priors[level].feature], axis=1)
         np.testing.assert_allclose(joined, whole.priors[level].feature, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="start=4"):
+    with pytest.raises(ValueError, match="start=4 must be a non-negative multiple of the top period 6"):
         hier.imagine(out.last, 6, key, start=4)
+
+
+def test_observe_with_drawn_noise_equals_observe_with_its_key():
+    hier = three_levels()
+    e = embeddings(hier.clock, 12)
+    key = jax.random.key(3)
+    noise = hier.noise(key, 12, B)
+    assert [None if n is None else n.shape for n in noise] == [(B, 12, 2, 3), None, (B, 2, 2, 4)]
+    a = hier.observe(e, key, use_obs="TFT")
+    b = hier.observe(e, noise=noise, use_obs="TFT")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="exactly one of key"):
+        hier.observe(e)
+    with pytest.raises(ValueError, match="exactly one of key"):
+        hier.observe(e, key, noise=noise)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        hier.observe(e, 3)

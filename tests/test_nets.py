@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from clockwork import CWVAE, CWVAEConfig
+from clockwork import CWVAE, preset
 from clockwork.hierarchy import Clock
 from clockwork.nets import ConvDecoder, ConvEncoder, leaky_relu
 
@@ -80,12 +80,14 @@ def test_no_dense_stack_when_zero_layers():
     enc = ConvEncoder(clock, filters=2, dense_layers=0, rngs=nnx.Rngs(0))
     frames = jax.random.uniform(jax.random.key(0), (1, 4, 64, 64, 1))
     out = enc(frames)
+    assert [e.shape for e in out] == [(1, 4, 64), (1, 2, 64)]
+    np.testing.assert_allclose(out[0], reference_frame_features(enc, frames), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[1], clock.merge(out[0], 1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("preset,params", [("mmnist", 12_465_617), ("minerl", 34_391_827)])
-def test_paper_parameter_counts(preset, params):
-    model = nnx.eval_shape(lambda: CWVAE(CWVAEConfig.preset(preset), rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize("name,params", [("mmnist", 12_465_617), ("minerl", 34_391_827)])
+def test_paper_parameter_counts(name, params):
+    model = nnx.eval_shape(lambda: CWVAE.from_config(preset(name).model, rngs=nnx.Rngs(0)))
     assert count(model) == params
 
 

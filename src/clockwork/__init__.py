@@ -6,9 +6,17 @@ networks (:mod:`clockwork.nets`) and the losses (:mod:`clockwork.losses`).
 """
 
 from clockwork.cells import GRUCell, RSSMCell
-from clockwork.config import PRESETS, CWVAEConfig
+from clockwork.config import (
+    PRESETS,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    Preset,
+    SpeedConfig,
+    preset,
+)
 from clockwork.hierarchy import Clock, Hierarchy
-from clockwork.model import CWVAE
+from clockwork.model import CWVAE, build_hierarchy
 from clockwork.nets import ConvDecoder, ConvEncoder
 
 __version__ = "0.1.0"
@@ -19,8 +27,14 @@ __all__ = [
     "Clock",
     "ConvDecoder",
     "ConvEncoder",
-    "CWVAEConfig",
     "GRUCell",
     "Hierarchy",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Preset",
     "RSSMCell",
+    "SpeedConfig",
+    "build_hierarchy",
+    "preset",
 ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -12,74 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec
 from jax.typing import DTypeLike
-
-_SHARDS: contextvars.ContextVar[tuple[Mesh, str] | None] = contextvars.ContextVar(
-    "clockwork_shards", default=None
-)
-
-
-@contextlib.contextmanager
-def per_shard_loops(mesh: Mesh, axis: str) -> Iterator[None]:
-    """While tracing inside this block, :func:`per_shard` runs its function on each
-    ``axis`` shard of the batch (``jax.shard_map``).
-
-    Used by ``clockwork.parallel`` around the training step: the scans of the hierarchy and
-    the chunk loops of the conv nets then run on each device's rows, and the gradients of
-    the weights they close over are summed on each device and reduced across devices once,
-    after the loop, instead of at every iteration.
-    """
-    if axis not in mesh.shape:
-        raise ValueError(f"mesh has axes {tuple(mesh.shape)}, not {axis!r}")
-    token = _SHARDS.set((mesh, axis))
-    try:
-        yield
-    finally:
-        _SHARDS.reset(token)
-
-
-def per_shard(
-    fn: Callable[..., Any],
-    module: nnx.Module,
-    args: Sequence[Any],
-    in_axes: Sequence[int],
-    out_axes: int | tuple[int, ...],
-) -> Any:
-    """``fn(module, *args)``; under :func:`per_shard_loops`, on each shard of the batch.
-
-    ``in_axes[i]`` is the batch axis of every leaf of ``args[i]``; ``out_axes`` the batch
-    axis of the outputs (an int, or a tuple matching a tuple output). ``fn`` must treat
-    batch rows independently, draw no randomness and close over no traced arrays other
-    than ``module``'s variables, which enter every shard whole.
-    """
-    shards = _SHARDS.get()
-    if shards is None:
-        return fn(module, *args)
-    mesh, axis = shards
-    for arg, a in zip(args, in_axes):
-        for leaf in jax.tree.leaves(arg):
-            if leaf.shape[a] % mesh.shape[axis]:
-                raise ValueError(
-                    f"batch of {leaf.shape[a]} does not divide into {mesh.shape[axis]} {axis!r} shards"
-                )
-
-    def spec(a: int) -> PartitionSpec:
-        return PartitionSpec(*([None] * a), axis)
-
-    graphdef, variables = nnx.split(module)
-
-    def run(variables: Any, *args: Any) -> Any:
-        return fn(nnx.merge(graphdef, variables), *args)
-
-    out_specs = tuple(map(spec, out_axes)) if isinstance(out_axes, tuple) else spec(out_axes)
-    # check_vma=False: the cotangents of the replicated variables are summed over the
-    # shards at the boundary, once; with it on, the sum would land inside the loop's
-    # transpose, once per iteration.
-    return jax.shard_map(
-        run, mesh=mesh, in_specs=(PartitionSpec(), *map(spec, in_axes)), out_specs=out_specs,
-        check_vma=False,
-    )(variables, *args)
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
@@ -113,15 +44,9 @@ def map_chunks(
     small enough to run near the cache; with ``remat`` it is also recomputed in the
     backward pass (``jax.checkpoint``), which then holds the activations of one chunk at
     a time instead of all of them. ``fn`` maps ``(chunk, ...)`` leaves to
-    ``(chunk, ...)`` leaves, row by row. Under :func:`per_shard_loops` each shard of the
-    rows is chunked on its own devices.
+    ``(chunk, ...)`` leaves, row by row.
     """
-    return per_shard(
-        lambda m, xs: _map_chunks(partial(fn, m), xs, chunk, remat), module, (xs,), (0,), 0
-    )
-
-
-def _map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int, remat: bool) -> Any:
+    fn = partial(fn, module)
     n = jax.tree.leaves(xs)[0].shape[0]
     chunk = max(1, min(chunk, n))
     steps = -(-n // chunk)

@@ -1,110 +1,143 @@
-"""``CWVAEConfig``: a frozen configuration with the paper's presets (SPEC section 7)."""
+"""Configurations by concern, and the paper's presets (docs/model.md#presets).
+
+Four small frozen dataclasses, each read by one part of the library:
+
+* :class:`ModelConfig`: the architecture (what decides the parameters), read by
+  :meth:`clockwork.CWVAE.from_config`;
+* :class:`LossConfig`: the likelihood's scale and the KL options, also read there;
+* :class:`OptimConfig`: the optimiser, read by :func:`clockwork.training.make_optimizer`;
+* :class:`SpeedConfig`: options that change speed and memory, not the numbers (but
+  ``compute_dtype``), read by ``from_config`` and the training steps.
+
+A :class:`Preset` bundles one of each; :func:`preset` gives the paper's ``mmnist``,
+``mazes`` and ``minerl``. Batch size, sequence lengths and the evaluation's settings are
+the example programs' (``examples/configs/*.yaml``).
+
+>>> p = preset("minerl")
+>>> p.model.cell_options["det_size"], p.loss.dec_stddev, p.optim.lr
+(800, 0.4, 0.0001)
+>>> preset("mmnist").model.replace(factors=(4, 8)).clock.periods
+(1, 4, 32)
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+from clockwork.cells.registry import resolve
 from clockwork.hierarchy.clock import Clock
 from clockwork.nets import CONV_IMPLS
+from clockwork.training import COMPUTE_DTYPES
 
-CELLS = ("rssm", "gru")
-PerLevelInt = int | tuple[int, ...]
+CellOptions = dict[str, Any]
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
+def _per_level_floats(name: str, value: Any, levels: int | None) -> Any:
+    if value is None or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, one number per level, or None, got {value!r}")
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        if levels is not None and len(value) != levels:
+            raise ValueError(f"{name} needs one value per level ({levels}), got {value!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name} must hold numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    raise ValueError(f"{name} must be a number, one number per level, or None, got {value!r}")
+
+
+class _Replace:
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (and validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} fields: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclasses.dataclass(frozen=True)
-class CWVAEConfig:
-    """Every setting of a CW-VAE model and of its training.
+class ModelConfig(_Replace):
+    """The architecture of a CW-VAE.
 
-    Sizes marked per level take one int for all levels or a tuple with one value per
-    level (fastest first). ``factors`` gives one temporal factor per level boundary;
-    when ``None`` the paper's ``temporal_factor`` is used at every boundary.
+    Attributes:
+      channels: image channels ``C``.
+      levels: number of levels ``L``.
+      temporal_factor: the paper's factor ``k`` between all levels, used when
+        ``factors`` is ``None``.
+      factors: one temporal factor per level boundary ``(k_1, ..., k_{L-1})``.
+      cell: the cell of every level, or one per level (fastest first): a registered
+        name (``rssm``, ``gru``, see :func:`clockwork.cells.register`) or an import path
+        ``package.module:Factory``.
+      cell_options: keyword arguments of the cell factory (for ``rssm``: ``stoch_size``,
+        ``det_size``, ``hidden_size``, ``min_stddev``, ``stddev_shift``; for ``gru``:
+        ``det_size``, ``hidden_size``): one mapping for every level, or one per level
+        (needed when the levels' cells take different options).
+      action_size: size of actions concatenated to level 0's context (0: none).
+      channel_mult, filters: the conv nets' widths ``m`` and ``f``.
+      enc_dense_layers, enc_dense_embed_size: the encoder's per-level dense stacks.
     """
 
-    # Data.
     channels: int = 1
-    # Hierarchy.
     levels: int = 3
     temporal_factor: int = 6
     factors: tuple[int, ...] | None = None
     cell: str | tuple[str, ...] = "rssm"
-    stoch_size: PerLevelInt = 20
-    det_size: PerLevelInt = 200
-    hidden_size: PerLevelInt = 200
-    min_stddev: float = 1e-4
-    stddev_shift: str = "input"
+    cell_options: CellOptions | tuple[CellOptions, ...] = dataclasses.field(default_factory=dict)
     action_size: int = 0
-    # Conv networks.
     channel_mult: int = 1
     filters: int = 32
     enc_dense_layers: int = 3
     enc_dense_embed_size: int = 1000
-    dec_stddev: float = 1.0
-    # Loss options (off by default).
-    beta: float | tuple[float, ...] | None = None
-    free_nats: float | tuple[float, ...] | None = None
-    kl_grad_post_perc: float | None = None
-    # Training and evaluation.
-    lr: float = 3e-4
-    adam_eps: float = 1e-4
-    grad_clip_norm: float = 10000.0
-    batch_size: int = 50
-    seq_len: int = 100
-    eval_seq_len: int = 1000
-    open_loop_ctx: int = 36
-    # Speed and memory options (docs/performance.md); none but bfloat16 changes the numbers.
-    compute_dtype: str = "float32"  # "bfloat16": products in bfloat16, parameters float32
-    conv_impl: str = "fast"  # "lax": the plain convolutions
-    remat: bool = False  # recompute the scans' steps and the conv chunks in the backward pass
-    conv_chunk: int | None = 50  # conv nets over this many frames at a time; None: all
 
     def __post_init__(self) -> None:
-        for name in ("channels", "levels", "channel_mult", "filters", "batch_size", "seq_len",
-                     "eval_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("enc_dense_layers", "action_size", "open_loop_ctx"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("channels", "levels", "channel_mult", "filters", "enc_dense_embed_size"):
+            _int(name, getattr(self, name), 1)
+        for name in ("enc_dense_layers", "action_size"):
+            _int(name, getattr(self, name), 0)
         if self.factors is not None:
+            if isinstance(self.factors, (str, bytes)) or not isinstance(self.factors, (list, tuple)):
+                raise ValueError(f"factors must be a list of integers or None, got {self.factors!r}")
             object.__setattr__(self, "factors", tuple(self.factors))
-        self.clock  # noqa: B018 -- validates factors against levels
-        for name in ("stoch_size", "det_size", "hidden_size"):
-            for v in self.per_level(name):
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ValueError(f"{name} must hold positive integers, got {getattr(self, name)!r}")
-        for v in self.per_level("cell"):
-            if v not in CELLS:
-                raise ValueError(f"cell must be one of {CELLS} (or one per level), got {v!r}")
-        if self.stddev_shift not in ("input", "preactivation"):
-            raise ValueError(f"stddev_shift must be 'input' or 'preactivation', got {self.stddev_shift!r}")
-        for name in ("dec_stddev", "lr", "adam_eps", "grad_clip_norm", "min_stddev"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        if self.conv_chunk is not None and (
-            isinstance(self.conv_chunk, bool) or not isinstance(self.conv_chunk, int)
-            or self.conv_chunk < 1
-        ):
-            raise ValueError(f"conv_chunk must be a positive integer or None, got {self.conv_chunk!r}")
-        if not isinstance(self.remat, bool):
-            raise TypeError(f"remat must be a bool, got {self.remat!r}")
-        if self.kl_grad_post_perc is not None and not 0.0 <= self.kl_grad_post_perc <= 1.0:
-            raise ValueError(f"kl_grad_post_perc must be in [0, 1], got {self.kl_grad_post_perc}")
-        for name in ("beta", "free_nats"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                if len(value) != self.levels:
-                    raise ValueError(f"{name} needs one value per level ({self.levels}), got {value!r}")
-                object.__setattr__(self, name, tuple(float(v) for v in value))
+        self.clock  # noqa: B018 -- validates the factors against levels
+        cells = self.cell if isinstance(self.cell, (list, tuple)) else (self.cell,)
+        if isinstance(self.cell, (list, tuple)):
+            if len(self.cell) != self.levels:
+                raise ValueError(f"cell needs one name per level ({self.levels}), got {self.cell!r}")
+            object.__setattr__(self, "cell", tuple(self.cell))
+        for name in cells:
+            if not isinstance(name, str):
+                raise ValueError(f"cell must be a name or an import path, got {name!r}")
+            resolve(name)  # an unknown name lists the registered ones
+        options = self.cell_options
+        if isinstance(options, (list, tuple)):
+            if len(options) != self.levels:
+                raise ValueError(
+                    f"cell_options needs one mapping per level ({self.levels}), got {len(options)}"
+                )
+            object.__setattr__(self, "cell_options", tuple(dict(o) for o in options))
+            options = self.cell_options
+        elif isinstance(options, Mapping):
+            object.__setattr__(self, "cell_options", dict(options))
+            options = (self.cell_options,)
+        else:
+            raise ValueError(f"cell_options must be a mapping or one per level, got {options!r}")
+        for o in options:
+            if not isinstance(o, Mapping) or not all(isinstance(k, str) for k in o):
+                raise ValueError(f"cell_options must map option names to values, got {o!r}")
 
     @property
     def clock(self) -> Clock:
+        """The levels' clock: ``factors``, else ``temporal_factor`` at every boundary."""
         if self.factors is None:
             return Clock.uniform(self.levels, self.temporal_factor)
         clock = Clock(self.factors)
@@ -115,52 +148,128 @@ class CWVAEConfig:
             )
         return clock
 
-    def per_level(self, name: str) -> tuple[Any, ...]:
-        """A per-level field as one value per level, fastest first."""
-        value = getattr(self, name)
-        if isinstance(value, (list, tuple)):
-            if len(value) != self.levels:
-                raise ValueError(f"{name} needs one value per level ({self.levels}), got {value!r}")
-            return tuple(value)
-        return (value,) * self.levels
-
-    def replace(self, **changes: Any) -> CWVAEConfig:
-        """A copy with ``changes`` applied (and validated)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CWVAEConfig:
-        """One of :data:`PRESETS` (``mmnist``, ``mazes``, ``minerl``) with overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return PRESETS[name].replace(**overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CWVAEConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - fields
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    def cells(self) -> tuple[tuple[str, CellOptions], ...]:
+        """``(name, options)`` of every level's cell, fastest first."""
+        names = self.cell if isinstance(self.cell, tuple) else (self.cell,) * self.levels
+        opts = self.cell_options
+        per_level = opts if isinstance(opts, tuple) else (opts,) * self.levels
+        return tuple((n, dict(o)) for n, o in zip(names, per_level))
 
 
-PRESETS: dict[str, CWVAEConfig] = {
-    "mmnist": CWVAEConfig(
-        channels=1, stoch_size=20, det_size=200, hidden_size=200, dec_stddev=1.0, lr=3e-4,
-        seq_len=100, eval_seq_len=1000,
+@dataclasses.dataclass(frozen=True)
+class LossConfig(_Replace):
+    """The objective (docs/model.md#loss).
+
+    Attributes:
+      dec_stddev: the stddev of the decoder's per-pixel Normal.
+      beta: scales each level's KL: one number, one per level, or ``None`` (1).
+      free_nats: per level ``max(0, kl - free_nats)`` on the per-sequence KL, or ``None``.
+      kl_grad_post_perc: KL balancing's ``a`` in ``[0, 1]``, or ``None`` (off).
+    """
+
+    dec_stddev: float = 1.0
+    beta: float | tuple[float, ...] | None = None
+    free_nats: float | tuple[float, ...] | None = None
+    kl_grad_post_perc: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dec_stddev, bool) or not isinstance(self.dec_stddev, (int, float)) \
+                or not self.dec_stddev > 0:
+            raise ValueError(f"dec_stddev must be > 0, got {self.dec_stddev!r}")
+        object.__setattr__(self, "dec_stddev", float(self.dec_stddev))
+        for name in ("beta", "free_nats"):
+            object.__setattr__(self, name, _per_level_floats(name, getattr(self, name), None))
+        a = self.kl_grad_post_perc
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
+                              or not 0.0 <= a <= 1.0):
+            raise ValueError(f"kl_grad_post_perc must be in [0, 1] or None, got {a!r}")
+
+    def check_levels(self, levels: int) -> None:
+        """Raise unless ``beta`` and ``free_nats`` are scalars or have ``levels`` values."""
+        for name in ("beta", "free_nats"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != levels:
+                raise ValueError(f"{name} needs one value per level ({levels}), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Replace):
+    """Adam after clipping the gradients' global norm (docs/model.md#presets)."""
+
+    lr: float = 3e-4
+    adam_eps: float = 1e-4
+    grad_clip_norm: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "adam_eps", "grad_clip_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedConfig(_Replace):
+    """Speed and memory options (docs/performance.md).
+
+    Attributes:
+      conv_impl: ``fast`` (convolutions as matrix products) or ``lax`` (the plain ones).
+      conv_chunk: the conv nets run over this many frames at a time; ``None``: all.
+      remat: recompute the scans' steps and the conv chunks in the backward pass.
+      compute_dtype: ``bfloat16`` runs the training loss's products in bfloat16 on
+        bfloat16 copies of the float32 parameters (the only option that changes the
+        numbers); read by the training steps.
+    """
+
+    conv_impl: str = "fast"
+    conv_chunk: int | None = 50
+    remat: bool = False
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if self.conv_chunk is not None:
+            _int("conv_chunk", self.conv_chunk, 1)
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"remat must be true or false, got {self.remat!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset(_Replace):
+    """One configuration of each concern."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    speed: SpeedConfig = dataclasses.field(default_factory=SpeedConfig)
+
+
+def _sizes(stoch: int, det: int) -> CellOptions:
+    return {"stoch_size": stoch, "det_size": det, "hidden_size": det}
+
+
+PRESETS: dict[str, Preset] = {
+    "mmnist": Preset(
+        ModelConfig(channels=1, cell_options=_sizes(20, 200)), LossConfig(dec_stddev=1.0),
+        OptimConfig(lr=3e-4),
     ),
-    "mazes": CWVAEConfig(
-        channels=3, stoch_size=20, det_size=200, hidden_size=200, dec_stddev=0.1, lr=3e-4,
-        seq_len=100, eval_seq_len=300,
+    "mazes": Preset(
+        ModelConfig(channels=3, cell_options=_sizes(20, 200)), LossConfig(dec_stddev=0.1),
+        OptimConfig(lr=3e-4),
     ),
-    "minerl": CWVAEConfig(
-        channels=3, stoch_size=100, det_size=800, hidden_size=800, dec_stddev=0.4, lr=1e-4,
-        seq_len=100, eval_seq_len=500,
+    "minerl": Preset(
+        ModelConfig(channels=3, cell_options=_sizes(100, 800)), LossConfig(dec_stddev=0.4),
+        OptimConfig(lr=1e-4),
     ),
 }
+"""The paper's settings for its three datasets."""
+
+
+def preset(name: str) -> Preset:
+    """One of :data:`PRESETS` (``mmnist``, ``mazes``, ``minerl``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,6 +1,6 @@
 """Frame metrics for video prediction (PSNR, SSIM) and the open-loop evaluation protocol.
 
-The metrics reproduce the CW-VAE references (SPEC section 8), which called scikit-image
+The metrics reproduce the CW-VAE references (docs/model.md#metrics), which called scikit-image
 0.18 on every channel of every predicted float frame and averaged over channels:
 ``peak_signal_noise_ratio(gt, pred)`` (data range 1 for frames in ``[0, 1]``) and
 ``structural_similarity(gt, pred)`` (7x7 uniform window, ``K1 = 0.01``, ``K2 = 0.03``,
@@ -154,7 +154,7 @@ def ssim(
 def best_of_samples(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keep, per example, the sample whose metric has the highest mean over the horizon.
 
-    The references' protocol for several samples per example (SPEC section 8), for
+    The references' protocol for several samples per example (docs/model.md#metrics), for
     metrics where higher is better; each metric picks its own sample (the best by SSIM
     need not be the best by PSNR). Ties go to the first sample.
 

@@ -1,85 +1,183 @@
-"""``CWVAE``: conv encoder, hierarchy of cells and conv decoder, with its loss."""
+"""``CWVAE``: an encoder, a hierarchy of cells and a decoder, with its loss.
+
+The model is built from its parts, each replaceable by a module of one's own:
+
+* an **encoder** with a ``frame_shape`` ``(H, W, C)`` attribute, mapping frames
+  ``(B, T, H, W, C)`` to one embedding per level, ``(B, ceil(T / P_l), E_l)``; it is
+  called as ``encoder(frames, chunk=..., remat=...)``, and may use or ignore these two
+  speed hints (the conv encoder runs its stack over ``chunk`` frames at a time);
+* a :class:`~clockwork.hierarchy.Hierarchy` of cells on a clock;
+* a **decoder** mapping level 0's features ``(N, F)`` to frame means ``(N, H, W, C)``.
+
+:meth:`CWVAE.from_config` builds the paper's conv nets and a hierarchy of registered
+cells from a :class:`~clockwork.config.ModelConfig`; :func:`build_hierarchy` is its
+hierarchy half.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clockwork.cells import GRUCell, RSSMCell
-from clockwork.config import CWVAEConfig
-from clockwork.hierarchy import Hierarchy, parse_use_obs
-from clockwork.hierarchy.hierarchy import Rollout, UseObs
+from clockwork import cells as cells_lib
 from clockwork._util import map_chunks
-from clockwork.losses import elbo_from_nll, reconstruction_nll
-from clockwork.nets import FRAME_SIZE, ConvDecoder, ConvEncoder
+from clockwork.config import LossConfig, ModelConfig, SpeedConfig
+from clockwork.hierarchy import Clock, Hierarchy, parse_use_obs
+from clockwork.hierarchy.hierarchy import Rollout, UseObs
+from clockwork.losses.elbo import PerLevel, elbo_from_nll, reconstruction_nll
+from clockwork.nets import ConvDecoder, ConvEncoder
 
 
-def build_cells(config: CWVAEConfig, embed_size: int, rngs: nnx.Rngs) -> list:
-    """One cell per level from the config's per-level fields."""
-    kinds = config.per_level("cell")
-    stoch, det, hidden = (config.per_level(n) for n in ("stoch_size", "det_size", "hidden_size"))
+def build_hierarchy(
+    cells: Sequence[tuple[str, Mapping[str, Any]]],
+    clock: Clock,
+    *,
+    embed_size: int,
+    action_size: int = 0,
+    remat: bool = False,
+    rngs: nnx.Rngs,
+) -> Hierarchy:
+    """A hierarchy of cells made by :func:`clockwork.cells.make`, one per level.
 
-    def feature(level: int) -> int:
-        return det[level] + (stoch[level] if kinds[level] == "rssm" else 0)
+    Each cell's context size is the feature size of the cell above it (plus
+    ``action_size`` at level 0); the top cell's is its own feature size, so that the
+    top level reads zeros of that size. Feature sizes come from the cells themselves
+    (:func:`clockwork.cells.feature_size`). Cells are built fastest level first.
 
-    cells = []
-    for level in range(config.levels):
-        top = level + 1 == config.levels
-        context = feature(level) if top else feature(level + 1)
-        if level == 0:
-            context += config.action_size
-        if kinds[level] == "rssm":
-            cell = RSSMCell(
-                embed_size, context, stoch_size=stoch[level], det_size=det[level],
-                hidden_size=hidden[level], min_stddev=config.min_stddev,
-                stddev_shift=config.stddev_shift, rngs=rngs,
-            )
-        else:
-            cell = GRUCell(embed_size, context, det_size=det[level], hidden_size=hidden[level],
-                           rngs=rngs)
-        cells.append(cell)
-    return cells
+    Args:
+      cells: ``(name, options)`` per level, fastest first (``ModelConfig.cells()``).
+      clock: the levels' clock.
+      embed_size: the size of every level's embedding.
+    """
+    if len(cells) != clock.levels:
+        raise ValueError(f"{len(cells)} cells for a clock of {clock.levels} levels")
+    features = []
+    for level, (name, options) in enumerate(cells):
+        try:
+            features.append(cells_lib.feature_size(name, embed_size=embed_size, **options))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"cells[{level}]: {e}") from e
+    built = []
+    for level, (name, options) in enumerate(cells):
+        context = features[min(level + 1, len(cells) - 1)] + (action_size if level == 0 else 0)
+        built.append(cells_lib.make(name, embed_size=embed_size, context_size=context,
+                                    rngs=rngs, **options))
+    return Hierarchy(built, clock, action_size=action_size, remat=remat)
 
 
 class CWVAE(nnx.Module):
-    """The Clockwork VAE of SPEC.md.
+    """The Clockwork VAE (docs/model.md): encoder, hierarchy and decoder.
 
-    >>> model = CWVAE(CWVAEConfig.preset("mmnist", levels=2, temporal_factor=2), rngs=nnx.Rngs(0))
+    Args:
+      encoder: frames ``(B, T, H, W, C)`` to per-level embeddings; has ``frame_shape``.
+      hierarchy: the cells on their clock.
+      decoder: features ``(N, F)`` to frame means ``(N, H, W, C)``.
+      dec_stddev, beta, free_nats, kl_grad_post_perc: the loss
+        (:class:`~clockwork.config.LossConfig`, docs/model.md#loss).
+      conv_chunk: the loss runs the encoder and the decoder (with the likelihood) over
+        this many frames at a time, and predictions are decoded so (``None``: all at
+        once): bounded memory, the same numbers. The open loop encodes its context at once.
+      remat: recompute each chunk in the backward pass.
+
+    Every part is checked when the model is built, abstractly: the embeddings must fit
+    the cells and the decoder's frames the encoder's.
+
+    >>> from clockwork.config import preset
+    >>> p = preset("mmnist")
+    >>> model = CWVAE.from_config(p.model.replace(levels=2, temporal_factor=2), rngs=nnx.Rngs(0))
     >>> frames = jnp.zeros((1, 4, 64, 64, 1))
     >>> loss, metrics = model.loss(frames, jax.random.key(0))
-    >>> model.open_loop(frames, 2, jax.random.key(1)).shape
+    >>> model.open_loop(frames[:, :2], 2, jax.random.key(1)).shape
     (1, 2, 64, 64, 1)
     """
 
-    def __init__(self, config: CWVAEConfig, *, rngs: nnx.Rngs):
-        if not isinstance(config, CWVAEConfig):
-            raise TypeError(f"config must be a CWVAEConfig, got {type(config).__name__}")
-        self.config = config
+    def __init__(
+        self,
+        encoder: nnx.Module,
+        hierarchy: Hierarchy,
+        decoder: nnx.Module,
+        *,
+        dec_stddev: float = 1.0,
+        beta: PerLevel = None,
+        free_nats: PerLevel = None,
+        kl_grad_post_perc: float | None = None,
+        conv_chunk: int | None = 50,
+        remat: bool = False,
+    ):
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
+        loss = LossConfig(dec_stddev, beta, free_nats, kl_grad_post_perc)  # validates
+        loss.check_levels(hierarchy.levels)
+        if conv_chunk is not None and (
+            isinstance(conv_chunk, bool) or not isinstance(conv_chunk, int) or conv_chunk < 1
+        ):
+            raise ValueError(f"conv_chunk must be a positive int or None, got {conv_chunk!r}")
+        _check_parts(encoder, hierarchy, decoder)
+        self.encoder = encoder
+        self.hierarchy = hierarchy
+        self.decoder = decoder
+        self.dec_stddev = loss.dec_stddev
+        self.beta = loss.beta
+        self.free_nats = loss.free_nats
+        self.kl_grad_post_perc = loss.kl_grad_post_perc
+        self.conv_chunk = conv_chunk
+        self.remat = remat
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        *,
+        loss: LossConfig | None = None,
+        speed: SpeedConfig | None = None,
+        rngs: nnx.Rngs,
+    ) -> CWVAE:
+        """The paper's conv encoder and decoder around a hierarchy of ``config.cells()``.
+
+        Parameters are drawn in the order encoder, cells from the fastest level up,
+        decoder.
+        """
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        loss = LossConfig() if loss is None else loss
+        speed = SpeedConfig() if speed is None else speed
         clock = config.clock
-        self.encoder = ConvEncoder(
+        encoder = ConvEncoder(
             clock, channels=config.channels, channel_mult=config.channel_mult,
             filters=config.filters, dense_layers=config.enc_dense_layers,
-            dense_embed_size=config.enc_dense_embed_size, conv_impl=config.conv_impl, rngs=rngs,
+            dense_embed_size=config.enc_dense_embed_size, conv_impl=speed.conv_impl, rngs=rngs,
         )
-        cells = build_cells(config, self.encoder.embed_size, rngs)
-        self.hierarchy = Hierarchy(
-            cells, clock, action_size=config.action_size, remat=config.remat
+        hierarchy = build_hierarchy(
+            config.cells(), clock, embed_size=encoder.embed_size,
+            action_size=config.action_size, remat=speed.remat, rngs=rngs,
         )
-        self.decoder = ConvDecoder(
-            cells[0].feature_size, channels=config.channels, channel_mult=config.channel_mult,
-            filters=config.filters, conv_impl=config.conv_impl, rngs=rngs,
+        decoder = ConvDecoder(
+            hierarchy.cells[0].feature_size, channels=config.channels,
+            channel_mult=config.channel_mult, filters=config.filters,
+            conv_impl=speed.conv_impl, rngs=rngs,
+        )
+        return cls(
+            encoder, hierarchy, decoder, dec_stddev=loss.dec_stddev, beta=loss.beta,
+            free_nats=loss.free_nats, kl_grad_post_perc=loss.kl_grad_post_perc,
+            conv_chunk=speed.conv_chunk, remat=speed.remat,
         )
 
-    def check_frames(self, frames: jax.Array, name: str = "frames") -> None:
-        """Raise unless ``frames`` is a float array ``(B, T, 64, 64, C)`` with this C."""
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of the frames the model reads and writes."""
+        return tuple(self.encoder.frame_shape)
+
+    def check_frames(self, frames: Any, name: str = "frames") -> None:
+        """Raise unless ``frames`` is a float array ``(B, T, H, W, C)`` of this model."""
         shape = getattr(frames, "shape", None)
-        c = self.config.channels
-        if shape is None or len(shape) != 5 or tuple(shape[2:]) != (FRAME_SIZE, FRAME_SIZE, c):
-            raise ValueError(f"{name} must have shape (B, T, 64, 64, {c}), got {shape}")
+        want = self.frame_shape
+        if shape is None or len(shape) != 5 or tuple(shape[2:]) != want:
+            raise ValueError(f"{name} must have shape (B, T, {', '.join(map(str, want))}), got {shape}")
         if not jnp.issubdtype(frames.dtype, jnp.floating):
             raise TypeError(
                 f"{name} must be floats in [0, 1], got dtype {frames.dtype} "
@@ -87,158 +185,185 @@ class CWVAE(nnx.Module):
             )
 
     def _check_actions(self, actions: jax.Array | None, batch: int, frames: int) -> None:
-        if self.config.action_size and actions is None:
-            raise ValueError(f"this model takes actions of size {self.config.action_size}")
-        if actions is not None and actions.shape != (batch, frames, self.config.action_size):
+        size = self.hierarchy.action_size
+        if size and actions is None:
+            raise ValueError(f"this model takes actions of size {size}")
+        if actions is not None and getattr(actions, "shape", None) != (batch, frames, size):
             raise ValueError(
-                f"actions must have shape {(batch, frames, self.config.action_size)}, "
-                f"got {actions.shape}"
+                f"actions must have shape {(batch, frames, size)}, got {getattr(actions, 'shape', actions)}"
             )
+
+    def noise(
+        self, key: jax.Array, batch_size: int, frames: int, dtype: Any = jnp.float32
+    ) -> tuple[Any, ...]:
+        """The noise of an observation of ``frames`` frames under ``key``
+        (:meth:`Hierarchy.noise`): ``loss(x, key) == loss(x, noise=noise(key, B, T))``."""
+        return self.hierarchy.noise(key, frames, batch_size, dtype=dtype)
 
     def observe(
         self,
         frames: jax.Array,
-        key: jax.Array,
+        key: jax.Array | None = None,
         *,
+        noise: Sequence[Any] | None = None,
         use_obs: UseObs = True,
         actions: jax.Array | None = None,
     ) -> Rollout:
-        """Encode ``(B, T, 64, 64, C)`` frames and unroll the posterior."""
+        """Encode ``(B, T, H, W, C)`` frames and unroll the posterior (``key`` or ``noise``)."""
         self.check_frames(frames)
         self._check_actions(actions, frames.shape[0], frames.shape[1])
-        embeds = self.encoder(frames, chunk=self.config.conv_chunk, remat=self.config.remat)
-        return self.hierarchy.observe(embeds, key, use_obs=use_obs, actions=actions)
+        embeds = self.encoder(frames, chunk=self.conv_chunk, remat=self.remat)
+        return self.hierarchy.observe(embeds, key, noise=noise, use_obs=use_obs, actions=actions)
 
     def loss(
-        self, frames: jax.Array, key: jax.Array, *, actions: jax.Array | None = None
+        self,
+        frames: jax.Array,
+        key: jax.Array | None = None,
+        *,
+        noise: Sequence[Any] | None = None,
+        actions: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Negative ELBO per frame (SPEC section 6) and its metrics.
+        """Negative ELBO per frame (docs/model.md#loss) and its metrics.
 
         Args:
-          frames: ``(B, T, 64, 64, C)`` floats in ``[0, 1]``.
-          key: PRNG key for the posterior samples.
+          frames: ``(B, T, H, W, C)`` floats in ``[0, 1]``.
+          key: PRNG key for the posterior samples; or give ``noise`` from :meth:`noise`.
           actions: ``(B, T, action_size)`` when the model takes actions.
         """
-        cfg = self.config
-        chunk = cfg.conv_chunk
-        rollout = self.observe(frames, key, actions=actions)
+        rollout = self.observe(frames, key, noise=noise, actions=actions)
         features = rollout.posteriors[0].feature
+        chunk = self.conv_chunk
         if chunk is None:
-            nll = jnp.mean(reconstruction_nll(frames, self.decoder(features), cfg.dec_stddev))
+            nll = jnp.mean(reconstruction_nll(frames, self.decode(features), self.dec_stddev))
         else:
-            def frame_nll(decoder: ConvDecoder, args: tuple[jax.Array, jax.Array]) -> jax.Array:
+            stddev = self.dec_stddev
+
+            def frame_nll(decoder: nnx.Module, args: tuple[jax.Array, jax.Array]) -> jax.Array:
                 feature, frame = args
-                return reconstruction_nll(frame, decoder(feature), cfg.dec_stddev)
+                return reconstruction_nll(frame, decoder(feature), stddev)
 
             flat = (features.reshape(-1, features.shape[-1]), frames.reshape(-1, *frames.shape[2:]))
-            nll = map_chunks(frame_nll, self.decoder, flat, chunk, remat=cfg.remat)
+            nll = map_chunks(frame_nll, self.decoder, flat, chunk, remat=self.remat)
             nll = jnp.sum(nll) / frames.shape[0]
         return elbo_from_nll(
-            nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=cfg.beta,
-            free_nats=cfg.free_nats, kl_grad_post_perc=cfg.kl_grad_post_perc,
+            nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=self.beta,
+            free_nats=self.free_nats, kl_grad_post_perc=self.kl_grad_post_perc,
         )
+
+    def decode(self, features: jax.Array) -> jax.Array:
+        """Decoded means ``(..., H, W, C)`` of level 0's ``(..., F)`` features, over
+        ``conv_chunk`` frames at a time."""
+        chunk = self.conv_chunk
+        flat = features.reshape(-1, features.shape[-1])
+        if chunk is None:
+            out = self.decoder(flat)
+        else:
+            out = map_chunks(lambda decoder, f: decoder(f), self.decoder, flat, chunk)
+        return out.reshape(*features.shape[:-1], *out.shape[1:])
 
     def open_loop(
         self,
-        frames: jax.Array,
-        context: int,
-        key: jax.Array,
-        *,
-        use_obs: UseObs = True,
-        actions: jax.Array | None = None,
-    ) -> jax.Array:
-        """Predict frames ``context .. T-1`` from the first ``context`` (SPEC section 8).
-
-        Args:
-          frames: ``(B, T, 64, 64, C)``; only the first ``context`` frames are read.
-          context: number of context frames, a multiple of the top period, ``<= T``.
-          key: PRNG key.
-          use_obs: per-level observation flags for the context, e.g. ``"TTF"``.
-          actions: ``(B, T, action_size)`` when the model takes actions.
-        Returns:
-          ``(B, T - context, 64, 64, C)`` decoded means of level 0's prior.
-        """
-        self.check_frames(frames)
-        total = frames.shape[1]
-        top = self.hierarchy.clock.periods[-1]
-        if isinstance(context, bool) or not isinstance(context, int):
-            raise TypeError(f"context must be an int, got {context!r}")
-        if context < 0 or context % top:
-            raise ValueError(f"context={context} must be a non-negative multiple of the top period {top}")
-        if context > total:
-            raise ValueError(f"context={context} is longer than the sequence of {total} frames")
-        parse_use_obs(use_obs, self.hierarchy.levels)
-        self._check_actions(actions, frames.shape[0], total)
-        embeds = self.encoder(frames[:, :context])
-        _, imagined = self.hierarchy.open_loop(
-            embeds, total - context, key, use_obs=use_obs, actions=actions
-        )
-        return self.decode(imagined.priors[0].feature)
-
-    def decode(self, features: jax.Array) -> jax.Array:
-        """Decoded means ``(..., 64, 64, C)`` of level 0's ``(..., F)`` features.
-
-        Runs the decoder over ``conv_chunk`` frames at a time (all at once when it is
-        ``None``), which bounds its memory and keeps each layer's work in cache.
-        """
-        chunk = self.config.conv_chunk
-        if chunk is None:
-            return self.decoder(features)
-        flat = features.reshape(-1, features.shape[-1])
-        out = map_chunks(lambda decoder, f: decoder(f), self.decoder, flat, chunk)
-        return out.reshape(*features.shape[:-1], *out.shape[1:])
-
-    def open_loop_chunks(
-        self,
-        context_frames: jax.Array,
+        context: jax.Array,
         horizon: int,
         key: jax.Array,
         *,
         use_obs: UseObs = True,
+        actions: jax.Array | None = None,
         chunk: int | None = None,
-    ) -> Iterator[jax.Array]:
-        """:meth:`open_loop` in chunks, for horizons whose frames do not fit at once.
+    ) -> jax.Array | Iterator[jax.Array]:
+        """Predict ``horizon`` frames after the ``context`` frames (docs/model.md#open-loop-prediction).
 
-        Observes ``context_frames`` ``(B, ctx, 64, 64, C)`` (``ctx`` a multiple of the top
-        period), then yields ``(B, <= chunk, 64, 64, C)`` predictions until ``horizon``
-        frames are out. Each chunk is imagined from the last states of the previous one
-        and decoded at once, so memory does not grow with the horizon; the concatenated
-        chunks equal ``open_loop(frames, ctx, key, use_obs=use_obs)`` for the same key.
-        ``chunk`` (default: the top period) must be a multiple of the top period.
-        Models with actions are not supported here.
+        Observes ``context`` (its length a multiple of the top period), then imagines from
+        the last states and decodes level 0's prior features.
+
+        Args:
+          context: ``(B, ctx, H, W, C)`` floats in ``[0, 1]``.
+          horizon: frames to predict.
+          key: PRNG key.
+          use_obs: per-level observation flags for the context, e.g. ``"TTF"``.
+          actions: ``(B, ctx + horizon, action_size)`` when the model takes actions.
+          chunk: ``None`` returns all predictions ``(B, horizon, H, W, C)`` at once (and
+            may run under ``jax.jit``). A positive multiple of the top period returns an
+            iterator of ``(B, <= chunk, H, W, C)`` predictions instead, each imagined from
+            the last states of the one before and decoded at once, so memory does not
+            grow with the horizon; their concatenation equals the whole prediction for
+            the same key. The iterator runs its own compiled steps.
         """
-        self.check_frames(context_frames, "context_frames")
-        if self.config.action_size:
-            raise ValueError("open_loop_chunks does not take actions; use open_loop")
-        top = self.hierarchy.clock.periods[-1]
-        chunk = top if chunk is None else chunk
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % top:
-            raise ValueError(f"chunk={chunk} must be a positive multiple of the top period {top}")
-        if context_frames.shape[1] % top:
-            raise ValueError(
-                f"context of {context_frames.shape[1]} frames is not a multiple of the top "
-                f"period {top}"
-            )
+        self.check_frames(context, "context")
+        clock = self.hierarchy.clock
+        ctx = clock.check_top_multiple(context.shape[1], "context length")
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
             raise ValueError(f"horizon must be a non-negative int, got {horizon!r}")
         flags = parse_use_obs(use_obs, self.hierarchy.levels)
+        self._check_actions(actions, context.shape[0], ctx + horizon)
+        if chunk is not None:
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise ValueError(f"chunk must be a positive multiple of the top period, got {chunk!r}")
+            clock.check_top_multiple(chunk, "chunk")
+            return self._open_loop_chunks(context, horizon, key, flags, actions, chunk)
+        embeds = self.encoder(context, chunk=None, remat=False)
+        _, imagined = self.hierarchy.open_loop(
+            embeds, horizon, key, use_obs=flags, actions=actions
+        )
+        return self.decode(imagined.priors[0].feature)
+
+    def _open_loop_chunks(
+        self, context: jax.Array, horizon: int, key: jax.Array, flags: tuple[bool, ...],
+        actions: jax.Array | None, chunk: int,
+    ) -> Iterator[jax.Array]:
+        ctx = context.shape[1]
         graphdef, params = nnx.split(self)
         k_obs, k_img = jax.random.split(key)
-        states = _observe_last(graphdef, params, context_frames, k_obs, flags)
+        seen = None if actions is None else actions[:, :ctx]
+        states = _observe_last(graphdef, params, context, k_obs, flags, seen)
         for start in range(0, horizon, chunk):
-            states, frames = _imagine_decode(graphdef, params, states, k_img, start, chunk)
+            future = None
+            if actions is not None:
+                future = actions[:, ctx + start : ctx + start + chunk]
+                future = jnp.pad(future, [(0, 0), (0, chunk - future.shape[1]), (0, 0)])
+            states, frames = _imagine_decode(graphdef, params, states, k_img, start, chunk, future)
             yield frames[:, : min(chunk, horizon - start)]
 
 
+def _check_parts(encoder: Any, hierarchy: Hierarchy, decoder: Any) -> None:
+    """Abstract runs of the encoder and decoder against the hierarchy's cells."""
+    shape = getattr(encoder, "frame_shape", None)
+    if shape is None or len(tuple(shape)) != 3:
+        raise TypeError(f"the encoder ({type(encoder).__name__}) needs a frame_shape (H, W, C) attribute")
+    clock = hierarchy.clock
+    frames = jax.ShapeDtypeStruct((1, clock.top_period, *shape), jnp.float32)
+    try:
+        embeds = jax.eval_shape(lambda x: encoder(x, chunk=None, remat=False), frames)
+    except Exception as e:  # noqa: BLE001 -- re-raised naming the part
+        raise TypeError(f"the encoder ({type(encoder).__name__}) failed on frames {frames.shape}: {e}") from e
+    if not isinstance(embeds, (list, tuple)) or len(embeds) != hierarchy.levels:
+        raise ValueError(f"the encoder must return one embedding per level ({hierarchy.levels}), "
+                         f"got {jax.tree.map(lambda x: x.shape, embeds)}")
+    for level, (e, n) in enumerate(zip(embeds, clock.num_steps(clock.top_period))):
+        want = (1, n, hierarchy.cells[level].embed_size)
+        if tuple(e.shape) != want:
+            raise ValueError(f"the encoder's embedding of level {level} has shape {tuple(e.shape)} "
+                             f"for {clock.top_period} frames, but cells[{level}] reads {want}")
+    feature = jax.ShapeDtypeStruct((1, hierarchy.cells[0].feature_size), jnp.float32)
+    try:
+        out = jax.eval_shape(decoder, feature)
+    except Exception as e:  # noqa: BLE001 -- re-raised naming the part
+        raise TypeError(f"the decoder ({type(decoder).__name__}) failed on level 0's features "
+                        f"{feature.shape}: {e}") from e
+    if getattr(out, "shape", None) != (1, *shape):
+        raise ValueError(f"the decoder maps features {feature.shape} to {getattr(out, 'shape', out)}, "
+                         f"expected frames {(1, *shape)}")
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _observe_last(graphdef, params, frames, key, use_obs):
+def _observe_last(graphdef, params, frames, key, use_obs, actions):
     model = nnx.merge(graphdef, params)
-    embeds = model.encoder(frames)
-    return model.hierarchy.observe(embeds, key, use_obs=use_obs).last
+    embeds = model.encoder(frames, chunk=None, remat=False)
+    return model.hierarchy.observe(embeds, key, use_obs=use_obs, actions=actions).last
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _imagine_decode(graphdef, params, states, key, start, frames):
+def _imagine_decode(graphdef, params, states, key, start, frames, actions):
     model = nnx.merge(graphdef, params)
-    rollout = model.hierarchy.imagine(states, frames, key, start=start)
+    rollout = model.hierarchy.imagine(states, frames, key, start=start, actions=actions)
     return rollout.last, model.decode(rollout.priors[0].feature)

@@ -1,4 +1,4 @@
-"""Convolutional encoder and decoder of CW-VAE (SPEC sections 2 and 5).
+"""Convolutional encoder and decoder of CW-VAE (docs/model.md#encoder, #decoder).
 
 Frames are ``(B, T, 64, 64, C)``; every conv acts per frame. Kernels are ``HWIO``; the
 transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspose``).
@@ -82,10 +82,13 @@ class ConvEncoder(nnx.Module):
         conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
         if dense_layers < 0:
             raise ValueError(f"dense_layers must be >= 0, got {dense_layers}")
         self.clock = clock
         self.channels = channels
+        self.frame_shape = (FRAME_SIZE, FRAME_SIZE, channels)
         self.activation = activation
         self.dense_activation = dense_activation
         widths = [channels] + [filters * channel_mult * 2**i for i in range(4)]
@@ -114,8 +117,8 @@ class ConvEncoder(nnx.Module):
         """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``.
 
         With ``chunk`` the conv stack runs over chunks of that many frames (the last
-        zero-padded), the same numbers; with ``remat`` too, each chunk is recomputed in
-        the backward pass, which then holds the activations of one chunk.
+        zero-padded), the same numbers in bounded memory; with ``remat`` too, each chunk
+        is recomputed in the backward pass, which then holds the activations of one chunk.
         """
         if chunk is None:
             h = self.frame_features(frames)
@@ -154,6 +157,8 @@ class ConvDecoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.channels = channels
+        self.frame_shape = (FRAME_SIZE, FRAME_SIZE, channels)
+        self.feature_size = feature_size
         self.activation = activation
         self.out_activation = out_activation
         size = embed_size(filters, channel_mult)

@@ -2,14 +2,13 @@
 
 A mesh has a ``data`` axis (the batch is split along it) and a ``model`` axis (size 1
 unless parameters are sharded by rules). The training step is the one of
-:func:`clockwork.training.make_train_step_fn`, jitted with explicit shardings: the batch
-is split over ``data``, the parameters and optimiser state are replicated (or placed by
-rules), and XLA's partitioner places the rest. The hierarchy's scans and the conv nets'
-chunk loops run under ``jax.shard_map`` on each device's rows (:func:`per_shard_loops`),
-so no collective runs inside a loop and each weight gradient is reduced across devices
-once per step. Noise comes from the
-partitionable threefry generator (``jax_threefry_partitionable``, on by default), so a
-step on any mesh draws the same numbers as on one device.
+:func:`clockwork.training.make_train_step_fn` with data-parallel gradients
+(:func:`sharded_gradients`): the step draws the model's noise for the whole batch
+(``model.noise``, from the partitionable threefry generator, so the numbers do not depend
+on the mesh), then runs the loss and its gradient in one ``jax.shard_map`` on each
+device's rows, for any cell, and averages the gradients across devices once. No
+collective runs inside a scan or a chunk loop. The parameters and optimiser state are
+replicated (or placed by rules) and updated outside the ``shard_map``.
 
 Multi-host: call :func:`initialize_distributed` first in every process; each process then
 feeds its own rows of the global batch (``VideoPipeline`` reads its shard by
@@ -35,8 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from clockwork._util import per_shard_loops
-from clockwork.training import TrainState, make_train_step_fn
+from clockwork.training import GradFn, TrainState, make_loss_fn, make_train_step_fn
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -188,34 +186,63 @@ def host_local(tree: Any) -> Any:
     return jax.tree.map(local, tree)
 
 
+def sharded_gradients(
+    graphdef: nnx.GraphDef, mesh: Mesh, *, compute_dtype: str = "float32"
+) -> GradFn:
+    """``grads(params, frames, key, actions) -> (gradients, metrics)``, data-parallel.
+
+    Draws the noise of the whole batch with ``model.noise(key, B, T, dtype)``, then
+    computes the loss and its gradient on each ``data`` shard of the batch under one
+    ``jax.shard_map`` (the parameters enter every shard whole) and averages gradients and
+    metrics over the shards with one ``pmean``. Equal shards make the average the
+    gradient of the whole batch's mean loss.
+    """
+    loss_fn = make_loss_fn(graphdef, compute_dtype=compute_dtype)
+    dtype = jax.numpy.dtype(compute_dtype)
+    rows = PartitionSpec(DATA_AXIS)
+
+    def local(params: Any, frames: jax.Array, noise: Any, actions: Any) -> Any:
+        out = jax.grad(loss_fn, has_aux=True)(params, frames, None, actions, noise=noise)
+        return jax.lax.pmean(out, DATA_AXIS)
+
+    def grads(params: Any, frames: jax.Array, key: jax.Array, actions: Any = None) -> Any:
+        noise = nnx.merge(graphdef, params).noise(key, frames.shape[0], frames.shape[1], dtype)
+        # check_vma=False: every output is averaged over the data axis explicitly.
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows),
+            out_specs=PartitionSpec(), check_vma=False,
+        )(params, frames, noise, actions)
+
+    return grads
+
+
 def make_sharded_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     *,
+    compute_dtype: str = "float32",
     state_sharding: Any = None,
     donate: bool = True,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, frames, actions=None) -> (state, metrics)`` data-parallel on ``mesh``.
 
-    The same step as :func:`clockwork.training.make_train_step`, jitted with explicit
-    shardings. ``frames (B, T, 64, 64, C)`` (and ``actions (B, T, A)``) go through
-    :func:`shard_batch` (host arrays are this process's rows); ``B`` must be a multiple of
-    the data axis. ``state`` should already be on ``mesh`` (:func:`shard_params`);
-    ``state_sharding`` is its sharding tree, or a single sharding for all leaves
-    (default: replicated). Metrics come back replicated. ``step.lower(state, frames)``
-    gives the lowered program, as ``jax.jit``'s ``lower`` does.
+    The step of :func:`clockwork.training.make_train_step` with :func:`sharded_gradients`,
+    jitted with explicit shardings. ``frames (B, T, H, W, C)`` (and ``actions (B, T,
+    A)``) go through :func:`shard_batch` (host arrays are this process's rows); ``B``
+    must be a multiple of the data axis. ``state`` should already be on ``mesh``
+    (:func:`shard_params`); ``state_sharding`` is its sharding tree, or a single sharding
+    for all leaves (default: replicated). Metrics come back replicated.
+    ``step.lower(state, frames)`` gives the lowered program, as ``jax.jit``'s ``lower``
+    does.
     """
     state_sharding = replicated(mesh) if state_sharding is None else state_sharding
     batch = batch_sharding(mesh)
-    step_fn = make_train_step_fn(graphdef, optimizer)
-
-    def per_shard(state: TrainState, frames: jax.Array, actions: jax.Array | None):
-        with per_shard_loops(mesh, DATA_AXIS):
-            return step_fn(state, frames, actions)
-
+    step_fn = make_train_step_fn(
+        graphdef, optimizer, grads=sharded_gradients(graphdef, mesh, compute_dtype=compute_dtype)
+    )
     jitted = jax.jit(
-        per_shard,
+        step_fn,
         in_shardings=(state_sharding, batch, batch),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,) if donate else (),

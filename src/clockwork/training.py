@@ -1,12 +1,17 @@
-"""A pure-function training step for :class:`~clockwork.CWVAE` (SPEC section 7).
+"""A pure-function training step for :class:`~clockwork.CWVAE` (docs/model.md#presets).
 
 The model is split once into a static graph and a parameter pytree; the step is one
-``jax.jit`` over ``(TrainState, frames)`` with no Python work per frame.
+``jax.jit`` over ``(TrainState, frames)`` with no Python work per frame. It works for any
+``nnx`` model with ``loss(frames, key, *, noise=None, actions=None) -> (loss, metrics)``
+(and ``noise(key, batch, frames, dtype)`` for :mod:`clockwork.parallel`'s step).
 
->>> cfg = CWVAEConfig.preset("mmnist", levels=2, temporal_factor=2, batch_size=1, seq_len=4)
->>> model = CWVAE(cfg, rngs=nnx.Rngs(0))
->>> graphdef, state = init_train_state(model, make_optimizer(cfg), jax.random.key(0))
->>> step = make_train_step(graphdef, make_optimizer(cfg))
+>>> from clockwork import CWVAE
+>>> from clockwork.config import preset
+>>> model = CWVAE.from_config(preset("mmnist").model.replace(levels=2, temporal_factor=2),
+...                           rngs=nnx.Rngs(0))
+>>> optimizer = make_optimizer(3e-4)
+>>> graphdef, state = init_train_state(model, optimizer, jax.random.key(0))
+>>> step = make_train_step(graphdef, optimizer)
 >>> state, metrics = step(state, jnp.zeros((1, 4, 64, 64, 1), jnp.uint8))
 >>> int(state.step)
 1
@@ -23,15 +28,26 @@ import optax
 from flax import nnx, struct
 
 from clockwork._util import to_float
-from clockwork.config import CWVAEConfig
-from clockwork.model import CWVAE
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+GradFn = Callable[..., tuple[Any, dict[str, jax.Array]]]
+"""``grads(params, frames, key, actions) -> (gradients, metrics)``."""
 
 
-def make_optimizer(config: CWVAEConfig) -> optax.GradientTransformation:
-    """Adam (``eps = adam_eps``) after clipping gradients to ``grad_clip_norm``."""
+def make_optimizer(
+    lr: float = 3e-4, *, adam_eps: float = 1e-4, grad_clip_norm: float = 10000.0
+) -> optax.GradientTransformation:
+    """Adam (``eps = adam_eps``) after clipping gradients to the global norm ``grad_clip_norm``.
+
+    The fields of :class:`~clockwork.config.OptimConfig` are its arguments:
+    ``make_optimizer(**dataclasses.asdict(preset.optim))``.
+    """
+    for name, value in (("lr", lr), ("adam_eps", adam_eps), ("grad_clip_norm", grad_clip_norm)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip_norm),
-        optax.adam(config.lr, eps=config.adam_eps),
+        optax.clip_by_global_norm(grad_clip_norm),
+        optax.adam(lr, eps=adam_eps),
     )
 
 
@@ -46,7 +62,7 @@ class TrainState:
 
 
 def init_train_state(
-    model: CWVAE, optimizer: optax.GradientTransformation, key: jax.Array
+    model: nnx.Module, optimizer: optax.GradientTransformation, key: jax.Array
 ) -> tuple[nnx.GraphDef, TrainState]:
     """Split ``model`` into its static graph and a fresh :class:`TrainState`."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -58,44 +74,59 @@ def init_train_state(
     return graphdef, state
 
 
-def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-    """``loss_fn(params, frames, key, actions=None) -> (loss, metrics)``, pure.
+def _dtype(compute_dtype: str) -> jnp.dtype:
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    return jnp.dtype(compute_dtype)
 
-    With ``config.compute_dtype == "bfloat16"`` the model runs on bfloat16 copies of the
-    float32 parameters; the loss and its sums are float32.
+
+def make_loss_fn(
+    graphdef: nnx.GraphDef, *, compute_dtype: str = "float32"
+) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """``loss_fn(params, frames, key=None, actions=None, *, noise=None) -> (loss, metrics)``, pure.
+
+    ``frames`` are ``uint8`` (converted on device) or floats in ``[0, 1]``. With
+    ``compute_dtype="bfloat16"`` the model runs on bfloat16 copies of the float32
+    parameters (and its noise is drawn in bfloat16); the loss and its sums are float32.
     """
+    dtype = _dtype(compute_dtype)
 
-    def loss_fn(params, frames, key, actions=None):
-        dtype = jnp.dtype(nnx.merge(graphdef, params).config.compute_dtype)
+    def loss_fn(params, frames, key=None, actions=None, *, noise=None):
         if dtype != jnp.float32:
             # Reduced precision: compute with cast copies; gradients reach the f32 params.
             params = jax.tree.map(lambda p: p.astype(dtype), params)
             actions = None if actions is None else actions.astype(dtype)
         model = nnx.merge(graphdef, params)
-        return model.loss(to_float(frames, dtype), key, actions=actions)
+        return model.loss(to_float(frames, dtype), key, noise=noise, actions=actions)
 
     return loss_fn
 
 
 def make_train_step_fn(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    *,
+    compute_dtype: str = "float32",
+    grads: GradFn | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The pure, unjitted ``step(state, frames, actions=None) -> (state, metrics)``.
 
-    :func:`make_train_step` jits it for one device; ``clockwork.parallel`` jits it with
-    shardings for a mesh.
+    ``grads`` computes the gradients and metrics (default: ``jax.grad`` of
+    :func:`make_loss_fn` on one device); ``clockwork.parallel`` passes its data-parallel
+    one. :func:`make_train_step` jits the step for one device.
     """
-    loss_fn = make_loss_fn(graphdef)
+    if grads is None:
+        grads = jax.grad(make_loss_fn(graphdef, compute_dtype=compute_dtype), has_aux=True)
 
     def step(state: TrainState, frames: jax.Array, actions: jax.Array | None = None):
         key, sub = jax.random.split(state.key)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, frames, sub, actions)
+        gradients, metrics = grads(state.params, frames, sub, actions)
         # optax's bias correction mixes Python floats and int32 counts: allow that even
         # when the caller runs JAX with strict dtype promotion.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            updates, opt_state = optimizer.update(gradients, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(gradients))
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=key)
         return new, metrics
 
@@ -103,13 +134,18 @@ def make_train_step_fn(
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, donate: bool = True
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    *,
+    compute_dtype: str = "float32",
+    donate: bool = True,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted ``step(state, frames, actions=None) -> (state, metrics)``.
+    """The jitted ``step(state, frames, actions=None) -> (state, metrics)`` on one device.
 
-    ``frames`` are ``(B, T, 64, 64, C)``, ``uint8`` (converted on device) or floats in
+    ``frames`` are ``(B, T, H, W, C)``, ``uint8`` (converted on device) or floats in
     ``[0, 1]``. ``metrics`` holds the loss terms of :func:`~clockwork.losses.elbo_loss`
-    and ``grad_norm``. With ``donate`` the input state's buffers are reused.
+    and ``grad_norm``. With ``donate`` the input state's buffers are reused. For several
+    devices, :func:`clockwork.parallel.make_sharded_train_step`.
     """
-    step = make_train_step_fn(graphdef, optimizer)
+    step = make_train_step_fn(graphdef, optimizer, compute_dtype=compute_dtype)
     return jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -128,7 +128,7 @@ def test_download_only_when_asked(tmp_path, monkeypatch, archive_writer):
     writer = archive_writer(archives.GQN_MAZES, FRAMES, COUNTS)
     served = writer.write_zip(tmp_path / "server")
     spec = dataclasses.replace(archives.GQN_MAZES, url=served.as_uri())
-    monkeypatch.setattr(builders.GqnMazes, "SPEC", spec)
+    monkeypatch.setattr(builders.GqnMazes, "ARCHIVE", spec)
     manual = tmp_path / "manual"
     with pytest.raises(ArchiveNotFoundError):
         prepare("gqn_mazes", tmp_path / "data", manual)
@@ -140,7 +140,7 @@ def test_download_only_when_asked(tmp_path, monkeypatch, archive_writer):
 
 def test_failed_download_leaves_no_partial_file(tmp_path, monkeypatch):
     spec = dataclasses.replace(archives.GQN_MAZES, url=(tmp_path / "absent.zip").as_uri())
-    monkeypatch.setattr(builders.GqnMazes, "SPEC", spec)
+    monkeypatch.setattr(builders.GqnMazes, "ARCHIVE", spec)
     with pytest.raises(OSError, match=r"absent\.zip"):
         prepare("gqn_mazes", tmp_path / "data", tmp_path / "manual", allow_download=True)
     assert list((tmp_path / "manual").iterdir()) == []

@@ -3,10 +3,13 @@
 import sys
 
 import pytest
+import yaml
 
 import run_config
 import train
-from clockwork import CWVAEConfig
+from clockwork.config import LossConfig, ModelConfig, OptimConfig, SpeedConfig, preset
+
+EVAL_SEQ_LEN = {"mmnist": 1000, "mazes": 300, "minerl": 500}
 
 
 def parse(tmp_path, *args: str):
@@ -16,32 +19,72 @@ def parse(tmp_path, *args: str):
 @pytest.mark.parametrize("name", ["mmnist", "mazes", "minerl"])
 def test_paper_presets_match_the_library(name):
     config = run_config.load(name)
-    assert config.model == CWVAEConfig.preset(name)
+    p = preset(name)
+    assert (config.model, config.loss, config.optim, config.speed) == (p.model, p.loss, p.optim, p.speed)
     assert config.train.dataset == name and config.train.data_source == "tfds"
+    assert (config.train.batch_size, config.train.seq_len) == (50, 100)
+    assert (config.eval.eval_seq_len, config.eval.open_loop_ctx) == (EVAL_SEQ_LEN[name], 36)
+    assert config.imports == ()
 
 
 def test_demo_is_small_and_needs_no_download():
     config = run_config.load("demo")
     assert config.train.data_source == "generated" and config.train.dataset == "mmnist"
     assert config.model.filters <= 16 and config.train.video_every > 0
-    assert config.model.seq_len > config.model.open_loop_ctx
+    assert config.model.cell_options == {"stoch_size": 16, "det_size": 64, "hidden_size": 64}
+    assert config.train.seq_len > config.eval.open_loop_ctx
+
+
+def test_sections_are_the_library_configs_and_the_programs_own():
+    assert run_config.SECTIONS == {
+        "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "speed": SpeedConfig,
+        "train": run_config.TrainConfig, "eval": run_config.EvalConfig,
+    }
+    assert run_config.FIELD_SECTION["batch_size"] == "train"
+    assert run_config.FIELD_SECTION["open_loop_ctx"] == "eval"
+    assert run_config.FIELD_SECTION["compute_dtype"] == "speed"
 
 
 def test_overrides_reach_every_field_kind(tmp_path):
     config, workdir = parse(
         tmp_path, "--config", "mmnist", "--levels", "4", "--factors", "4,4,4",
         "--batch_size", "16", "--seq-len", "128", "--open_loop_ctx", "64", "--lr=1e-4",
-        "--beta", "1,2,0.5,1",
-        "--cell", "rssm,gru,rssm,gru", "--remat", "true", "--seed", "3", "--datadir", "yes",
+        "--beta", "1,2,0.5,1", "--free_nats", "3", "--cell", "rssm,rssm,rssm,rssm",
+        "--cell_options", "{stoch_size: 4, det_size: 8, hidden_size: 8, min_stddev: 1e-3}",
+        "--remat", "true", "--conv_chunk", "null", "--compute-dtype", "bfloat16",
+        "--seed", "3", "--datadir", "yes",
         "--num_steps", "10", "--log_every", "5", "--ckpt_every", "10", "--keep_every", "0",
     )
     m, t = config.model, config.train
     assert workdir == tmp_path / "run"
-    assert (m.levels, m.factors, m.batch_size, m.seq_len) == (4, (4, 4, 4), 16, 128)
-    assert m.lr == 1e-4 and m.beta == (1.0, 2.0, 0.5, 1.0) and m.remat is True
-    assert m.cell == ("rssm", "gru", "rssm", "gru") and m.clock.periods == (1, 4, 16, 64)
+    assert (m.levels, m.factors, t.batch_size, t.seq_len) == (4, (4, 4, 4), 16, 128)
+    assert config.eval.open_loop_ctx == 64
+    assert config.optim.lr == 1e-4 and config.loss.beta == (1.0, 2.0, 0.5, 1.0)
+    assert config.loss.free_nats == 3.0 and isinstance(config.loss.free_nats, float)
+    assert config.speed == SpeedConfig(conv_chunk=None, remat=True, compute_dtype="bfloat16")
+    assert m.cell == ("rssm",) * 4 and m.clock.periods == (1, 4, 16, 64)
+    # A YAML flow mapping; 1e-3 (a string to PyYAML) is read as a float.
+    assert m.cell_options == {"stoch_size": 4, "det_size": 8, "hidden_size": 8, "min_stddev": 1e-3}
     assert (t.seed, t.datadir, t.num_steps, t.log_every) == (3, "yes", 10, 5)
-    assert m.dec_stddev == 1.0  # untouched fields keep the preset's values
+    assert config.loss.dec_stddev == 1.0  # untouched fields keep the preset's values
+
+
+def test_per_level_cell_options_and_imports_round_trip(tmp_path):
+    config, _ = parse(
+        tmp_path, "--config", "demo", "--levels", "2", "--cell", "rssm,gru",
+        "--cell_options", "[{stoch_size: 2, det_size: 3, hidden_size: 3}, {det_size: 5}]",
+        "--imports", "json,clockwork.cells",
+    )
+    assert config.model.cells() == (
+        ("rssm", {"stoch_size": 2, "det_size": 3, "hidden_size": 3}), ("gru", {"det_size": 5})
+    )
+    assert config.imports == ("json", "clockwork.cells")
+    path = tmp_path / "config.yaml"
+    run_config.save(config, path)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["imports"] == ["json", "clockwork.cells"]
+    assert list(saved) == ["imports", *run_config.SECTIONS]
+    assert run_config.read(path) == config
 
 
 def test_resume_needs_no_config(tmp_path):
@@ -49,30 +92,48 @@ def test_resume_needs_no_config(tmp_path):
     (tmp_path / "run").mkdir()
     run_config.save(config, tmp_path / "run" / "config.yaml")
     resumed, _ = parse(tmp_path, "--num_steps", "7")
-    assert resumed.model == config.model and resumed.train.num_steps == 7
+    assert resumed.model == config.model and resumed.loss.dec_stddev == 0.5
+    assert resumed.train.num_steps == 7
 
 
 @pytest.mark.parametrize("args,message", [
     (["--levles", "4"], "unknown config key(s): --levles (did you mean --levels?)"),
     (["--learning_rate", "1"], "unknown config key(s): --learning_rate"),
-    (["--levels", "abc"], "levels must be an integer, got 'abc'"),
-    (["--levels", "2.5"], "levels must be an integer, got 2.5"),
-    (["--levels", "0"], "invalid config: levels must be a positive integer, got 0"),
-    (["--lr", "fast"], "lr must be a number, got 'fast'"),
-    (["--lr", "-1"], "invalid config: lr must be > 0"),
+    (["--stoch_size", "4"], "unknown config key(s): --stoch_size"),  # now in cell_options
+    (["--levels", "abc"], "model.levels must be int, got 'abc'"),
+    (["--levels", "2.5"], "model.levels must be int, got 2.5"),
+    (["--levels", "0"], "invalid model config: levels must be a positive integer, got 0"),
+    (["--lr", "fast"], "optim.lr must be float, got 'fast'"),
+    (["--lr", "-1"], "invalid optim config: lr must be > 0"),
     (["--factors", "4,4,4"], "factors (4, 4, 4) give 4 levels but levels=3"),
-    (["--factors", "4,x"], "factors must be a list of integers or null, got [4, 'x']"),
-    (["--remat", "maybe"], "remat must be true or false, got 'maybe'"),
-    (["--num_steps", "-1"], "num_steps must be positive, got -1"),
+    (["--factors", "4,x"], "model.factors must be tuple[int, ...] | None, got [4, 'x']"),
+    (["--factors", "4"], "model.factors must be tuple[int, ...] | None, got 4"),
+    (["--cell", "lstm"], "unknown cell 'lstm'; registered cells: gru, rssm"),
+    (["--cell", "rssm,gru"], "cell needs one name per level (3)"),
+    (["--cell", "no_such_module:Cell"], "cannot import module 'no_such_module'"),
+    (["--cell_options", "7"], "model.cell_options must be dict[str, Any] | tuple[dict[str, Any], ...], got 7"),
+    (["--cell_options", "{stoch_sise: 4}"],
+     "cell of level 0: cell 'rssm' with options {'stoch_sise': 4}"),
+    (["--cell", "rssm,gru,rssm"],  # options for every level: gru takes no stoch_size
+     "cell of level 1: cell 'gru' with options {'stoch_size': 20, 'det_size': 200, 'hidden_size': 200}"),
+    (["--beta", "1,2"], "beta needs one value per level (3), got (1.0, 2.0)"),
+    (["--remat", "maybe"], "speed.remat must be bool, got 'maybe'"),
+    (["--conv_impl", "fft"], "invalid speed config: conv_impl must be one of"),
+    (["--num_steps", "-1"], "invalid train config: num_steps must be positive, got -1"),
     (["--seed", "-2"], "seed must be non-negative, got -2"),
+    (["--batch_size", "0"], "batch_size must be positive, got 0"),
+    (["--eval_seq_len", "x"], "eval.eval_seq_len must be int, got 'x'"),
     (["--log_every", "3"], "ckpt_every (5000) must be a multiple of log_every (3)"),
     (["--keep_every", "7000"], "keep_every (7000) must be a multiple of ckpt_every (5000)"),
     (["--dataset", "kth"], "dataset must be one of ['mazes', 'minerl', 'mmnist'], got 'kth'"),
     (["--dataset", "mazes"], "dataset 'mazes' has 3 channel(s), but the model has channels=1"),
     (["--data_source", "web"], "data_source must be one of ('tfds', 'generated')"),
     (["--video_examples", "51"], "video_examples (51) must not exceed batch_size (50)"),
-    (["--open_loop_ctx", "30"], "open_loop_ctx (30) must be a multiple of the top level's period (36)"),
+    (["--open_loop_ctx", "30"],
+     "invalid config: open_loop_ctx=30 must be a non-negative multiple of the top period 36"),
     (["--open_loop_ctx", "108"], "open_loop_ctx (108) must be below seq_len (100)"),
+    (["--imports", "no_such_module_either"],
+     "imports: cannot import module 'no_such_module_either'"),
 ])
 def test_cli_rejects_bad_keys_and_values(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -94,14 +155,21 @@ def test_cli_rejects_bad_configs(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_yaml_with_a_misplaced_or_unknown_key_is_rejected(tmp_path):
+@pytest.mark.parametrize("text,message", [
+    ("model:\n  levels: 2\n  num_steps: 3\ntrain: {}\n",
+     "in section 'model': unknown config key(s): num_steps (a field of section 'train')"),
+    ("model:\n  levls: 2\n", "in section 'model': unknown config key(s): levls (did you mean levels?)"),
+    ("train:\n  imports: [json]\n", "in section 'train': unknown config key(s): imports (a top-level key)"),
+    ("model: {}\ntrainer: {}\n", "unknown config section(s) 'trainer' (did you mean 'train'?)"),
+    ("model: [1, 2]\n", "config section 'model' must be a mapping"),
+    ("imports: {a: 1}\n", "imports must be a list of module names"),
+])
+def test_yaml_with_a_misplaced_or_unknown_key_is_rejected(tmp_path, text, message):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  levels: 2\n  num_steps: 3\ntrain: {}\n")
-    with pytest.raises(ValueError, match=r"in section 'model': unknown config key\(s\): num_steps"):
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
         run_config.load(str(path))
-    path.write_text("model: {}\ntrainer: {}\n")
-    with pytest.raises(ValueError, match="unknown config section"):
-        run_config.load(str(path))
+    assert message in str(error.value)
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
@@ -113,6 +181,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     other = run_config.build(config.to_dict(), {"lr": 1e-4, "seed": 1})
     with pytest.raises(ValueError, match=r"other settings \(lr: 0\.001 -> 0\.0001, seed: 0 -> 1\)"):
         train.prepare_workdir(other, tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(imports: \[\] -> \['json'\]\)"):
+        train.prepare_workdir(run_config.build(longer.to_dict(), {"imports": ["json"]}), tmp_path)
 
 
 def test_wandb_is_imported_only_when_enabled(tmp_path, monkeypatch):

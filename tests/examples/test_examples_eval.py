@@ -91,8 +91,7 @@ def run(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--open-loop-ctx", "3"],
-     "--open-loop-ctx 3 must be a non-negative multiple of the top level's period 2"),
+    (["--open-loop-ctx", "3"], "--open-loop-ctx=3 must be a non-negative multiple of the top period 2"),
     (["--seq-len", "2"], "--seq-len 2 must exceed --open-loop-ctx 2"),
     (["--use-obs", "TTT"], "use_obs must be 2 letters T or F"),
     (["--num-samples", "0"], "--num-samples must be positive"),

@@ -36,6 +36,13 @@ def test_bad_parallel_flags_stop_the_cli(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_mesh_is_a_config_field():
+def test_mesh_is_a_config_field(tmp_path):
     config = run_config.load("demo", {"mesh": "2x2"})
     assert config.train.mesh == "2x2" and "mesh" in run_config.RESUMABLE_CHANGES
+    run_config.save(config, tmp_path / "config.yaml")
+    assert run_config.read(tmp_path / "config.yaml") == config
+    # A run may resume on another mesh, but not with another seed.
+    plain = run_config.load("demo")
+    assert run_config.resume_conflicts(plain, config) == {}
+    reseeded = run_config.load("demo", {"mesh": "2x2", "seed": 1})
+    assert run_config.resume_conflicts(plain, reseeded) == {"seed": (0, 1)}

@@ -127,6 +127,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     mgr = checkpointing.manager(workdir / "checkpoints", read_only=True)
     assert list(mgr.all_steps()) == [2]
     config = run_config.read(workdir / "config.yaml")
-    state, position = checkpointing.restore(mgr, 2, checkpointing.abstract_state(config.model)[1])
+    state, position = checkpointing.restore(mgr, 2, checkpointing.abstract_state(config)[1])
     assert int(state.step) == 2 and position["step"] == 2
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params))

@@ -4,7 +4,9 @@
 
 ``mesh``: one step on 1 device, on a mesh of 8 and on a 2x4 mesh with rules; error
 messages; saves the 8-device state as a checkpoint and the 2-step single-device
-reference for ``distributed``. ``restore``: restores that checkpoint on the devices of
+reference for ``distributed``. ``cells``: on 4 devices, the loss and gradients of models
+with user cells (tests/user_cells.py, with and without the fast path) on meshes of 1, 2
+and 4, and the collectives inside loops of each compiled sharded step. ``restore``: restores that checkpoint on the devices of
 this process (all of them on one mesh). ``distributed PORT ID``: two processes, one device each, train two steps.
 Each mode writes ``OUT_DIR/<mode>[-<id>].json`` (and ``.npz`` of parameters).
 """
@@ -21,12 +23,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+TESTS = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = TESTS.parent / "examples"
+sys.path[:0] = [str(EXAMPLES), str(TESTS)]
 
 import checkpointing  # noqa: E402
+import user_cells  # noqa: E402
 
-from clockwork import CWVAE, CWVAEConfig, parallel  # noqa: E402
+from clockwork import CWVAE, ConvDecoder, ConvEncoder, Hierarchy, ModelConfig, SpeedConfig, parallel  # noqa: E402
+from clockwork.cells import RSSMCell  # noqa: E402
 from clockwork.data import VideoPipeline  # noqa: E402
 from clockwork.training import (  # noqa: E402
     init_train_state,
@@ -35,18 +40,18 @@ from clockwork.training import (  # noqa: E402
     make_train_step,
 )
 
-CONFIG = CWVAEConfig.preset("mmnist").replace(
-    levels=2, temporal_factor=2, filters=2, stoch_size=2, det_size=3, hidden_size=3,
-    enc_dense_layers=2, enc_dense_embed_size=4, batch_size=8, seq_len=4, lr=1e-3,
-    dec_stddev=1.0, conv_chunk=8,
+CONFIG = ModelConfig(
+    levels=2, temporal_factor=2, filters=2, enc_dense_layers=2, enc_dense_embed_size=4,
+    cell_options={"stoch_size": 2, "det_size": 3, "hidden_size": 3},
 )
+SPEED = SpeedConfig(conv_chunk=8)
 RULES = [(r"decoder/dense/kernel", PartitionSpec(None, parallel.MODEL_AXIS))]
 VIDEOS = np.random.default_rng(0).integers(0, 256, (8, 8, 64, 64, 1), np.uint8)  # 16 windows
 
 
 def fresh_state():
-    optimizer = make_optimizer(CONFIG)
-    model = CWVAE(CONFIG, rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(1e-3)
+    model = CWVAE.from_config(CONFIG, speed=SPEED, rngs=nnx.Rngs(0))
     return (*init_train_state(model, optimizer, jax.random.key(1)), optimizer)
 
 
@@ -88,14 +93,11 @@ def grad_diff(graphdef, params, mesh, shardings) -> float:
     def grads(p, f, k):
         return jax.grad(loss_fn, has_aux=True)(p, f, k)[0]
 
-    def sharded(p, f, k):
-        with parallel.per_shard_loops(mesh, parallel.DATA_AXIS):
-            return grads(p, f, k)
-
     key = jax.random.key(2)
     single = jax.jit(grads)(params, frames(), key)
     batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    many = jax.jit(sharded, in_shardings=(shardings, batch, rep))(
+    sharded = parallel.sharded_gradients(graphdef, mesh)
+    many = jax.jit(lambda p, f, k: sharded(p, f, k)[0], in_shardings=(shardings, batch, rep))(
         parallel.shard_params(params, mesh, RULES if mesh.shape["model"] > 1 else None),
         parallel.shard_batch(frames(), mesh), key,
     )
@@ -103,6 +105,49 @@ def grad_diff(graphdef, params, mesh, shardings) -> float:
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                          single, parallel.host_local(many))
     return max(jax.tree.leaves(diffs)) / scale
+
+
+def user_model(kind: str) -> CWVAE:
+    """A 2-level model whose level 0 (and, for "both", level 1) is a user cell; "slow"
+    has a built-in RSSM cell above a user cell without the fast path."""
+    rngs = nnx.Rngs(0)
+    clock = CONFIG.clock
+    encoder = ConvEncoder(clock, filters=2, dense_layers=2, dense_embed_size=4, rngs=rngs)
+    e = encoder.embed_size
+    if kind == "slow":  # no fast path, under a built-in cell
+        top = RSSMCell(e, 5, stoch_size=2, det_size=3, hidden_size=3, rngs=rngs)
+        low = user_cells.LeakyCell(e, 5, rngs=rngs)
+    else:  # user cells at both levels, with and without the fast path
+        top = user_cells.LeakyCell(e, 8, rngs=rngs)
+        low = user_cells.FastLeakyCell(e, 8, rngs=rngs)
+    decoder = ConvDecoder(low.feature_size, filters=2, rngs=rngs)
+    return CWVAE(encoder, Hierarchy([low, top], clock), decoder, conv_chunk=8)
+
+
+def cells_mode(out: pathlib.Path) -> dict:
+    result = {"devices": jax.device_count()}
+    optimizer = make_optimizer(1e-3)
+    x = frames()
+    key = jax.random.key(2)
+    for kind in ("slow", "both"):
+        graphdef, state = init_train_state(user_model(kind), optimizer, jax.random.key(1))
+        loss_fn = make_loss_fn(graphdef)
+        (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params, x, key)
+        scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads))
+        for devices in (1, 2, 4):
+            mesh = parallel.make_mesh(devices)
+            args = (parallel.shard_params(state.params, mesh), parallel.shard_batch(x, mesh), key)
+            # One compilation serves both the numbers and the look at its loops.
+            compiled = jax.jit(parallel.sharded_gradients(graphdef, mesh)).lower(*args).compile()
+            collectives, loops = loop_collectives(compiled.as_text())
+            many, metrics = compiled(*args)
+            diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                       for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(parallel.host_local(many))))
+            result[f"{kind}-{devices}"] = {
+                "loss": float(loss), "sharded_loss": float(metrics["loss"]),
+                "grad_rel_diff": diff / scale, "loop_collectives": collectives, "loops": loops,
+            }
+    return result
 
 
 def error(fn) -> str:
@@ -162,7 +207,7 @@ def mesh_mode(out: pathlib.Path) -> dict:
 
 def restore_mode(out: pathlib.Path) -> dict:
     mesh = parallel.make_mesh()
-    _, abstract = checkpointing.abstract_state(CONFIG)
+    abstract = jax.eval_shape(lambda: fresh_state()[1])
     mgr = checkpointing.manager(out / "ckpt", read_only=True)
     state, position = checkpointing.restore(mgr, 1, abstract, parallel.replicated(mesh))
     return {
@@ -202,6 +247,8 @@ def main() -> None:
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     if mode == "mesh":
         result, name = mesh_mode(out), "mesh"
+    elif mode == "cells":
+        result, name = cells_mode(out), "cells"
     elif mode == "restore":
         result, name = restore_mode(out), f"restore-{jax.device_count()}"
     else:

@@ -1,7 +1,24 @@
-"""Cells: one step of one level of the hierarchy, all speaking :class:`Cell`."""
+"""Cells: one step of one level of the hierarchy, all speaking :class:`Cell`.
 
-from clockwork.cells.base import Cell, DeterministicState, GaussianState, StepOutput, step_keys, unroll
-from clockwork.cells.gru import GRU, GRUCell
+The protocol is documented in :mod:`clockwork.cells.base` and in
+docs/write_your_own_cell.md; any object that follows it plugs into every level of a
+:class:`~clockwork.hierarchy.Hierarchy` and of a :class:`~clockwork.CWVAE`.
+"""
+
+from clockwork.cells.base import (
+    Cell,
+    DeterministicState,
+    GaussianState,
+    StepOutput,
+    check_cell,
+    draw_noise,
+    has_fast_path,
+    step_keys,
+    unroll,
+)
+from clockwork.cells.gru import GRUCell
+from clockwork.cells.layers import GRU
+from clockwork.cells.registry import feature_size, make, register, registered, resolve, unregister
 from clockwork.cells.rssm import RSSMCell, RSSMInputs
 
 __all__ = [
@@ -13,6 +30,15 @@ __all__ = [
     "RSSMCell",
     "RSSMInputs",
     "StepOutput",
+    "check_cell",
+    "draw_noise",
+    "feature_size",
+    "has_fast_path",
+    "make",
+    "register",
+    "registered",
+    "resolve",
     "step_keys",
+    "unregister",
     "unroll",
 ]

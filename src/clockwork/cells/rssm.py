@@ -1,4 +1,4 @@
-"""The recurrent state-space cell of CW-VAE (SPEC section 3)."""
+"""The recurrent state-space cell of CW-VAE (docs/model.md#rssm-cell)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jax.typing import DTypeLike
 
 from clockwork._util import add_bias
 from clockwork.cells.base import GaussianState, StepOutput
-from clockwork.cells.gru import GRU, glorot
+from clockwork.cells.layers import GRU, glorot
 
 STDDEV_SHIFT = 0.54
 
@@ -21,7 +21,8 @@ class RSSMInputs(NamedTuple):
 
     ``context_proj``: ``(..., E)`` context half of the prior's first layer, bias included.
     ``embed_proj``: ``(..., E)`` embedding half of the posterior's first layer, or ``None``.
-    ``noise``: ``(..., 2, S)`` standard normal noise for the prior and posterior samples.
+    ``noise``: ``(..., 2, S)`` standard normal noise for the prior and posterior samples
+    (:meth:`RSSMCell.noise`).
     """
 
     context_proj: jax.Array
@@ -97,36 +98,37 @@ class RSSMCell(nnx.Module):
         d = jnp.zeros((batch_size, self.det_size), dtype)
         return GaussianState(sample=s, det_state=d, det_out=d, mean=s, stddev=s)
 
+    def noise(self, key: jax.Array, batch_size: int, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        """One step's noise: ``normal(key, (B, 2, S))``, the prior's in slot 0 and the
+        posterior's in slot 1 (drawn whether or not the step observes)."""
+        return jax.random.normal(key, (batch_size, 2, self.stoch_size), dtype)
+
     def __call__(
         self,
         state: GaussianState,
         embed: jax.Array | None,
         context: jax.Array,
-        key: jax.Array,
+        noise: jax.Array,
         *,
         use_obs: bool,
     ) -> tuple[GaussianState, StepOutput]:
-        """One step; ``embed (B, embed_size)``, ``context (B, context_size)``."""
+        """One step; ``embed (B, embed_size)``, ``context (B, context_size)``,
+        ``noise (B, 2, S)``."""
         embeds = None if embed is None else embed[:, None]
-        inputs = self.prepare(embeds, context[:, None], key[None], use_obs=use_obs)
+        inputs = self.prepare(embeds, context[:, None], noise[:, None], use_obs=use_obs)
         return self.step(state, jax.tree.map(lambda x: x[:, 0], inputs), use_obs=use_obs)
 
     def prepare(
-        self, embeds: jax.Array | None, contexts: jax.Array, keys: jax.Array, *, use_obs: bool
+        self, embeds: jax.Array | None, contexts: jax.Array, noise: jax.Array, *, use_obs: bool
     ) -> RSSMInputs:
-        """Input projections and noise for ``N`` steps: ``(B, N, .)`` in, ``(B, N, .)`` out.
-
-        ``keys`` holds one key per step; step ``t``'s noise is
-        ``normal(keys[t], (B, 2, S))`` (prior, posterior).
-        """
+        """Input projections for ``N`` steps: ``(B, N, .)`` in, ``(B, N, .)`` out;
+        ``noise (B, N, 2, S)`` passes through."""
         s = self.stoch_size
         context_proj = add_bias(contexts @ self.prior_in.kernel[s:], self.prior_in.bias[...])
         embed_proj = None
         if use_obs:
             d = self.det_size
             embed_proj = add_bias(embeds @ self.post_in.kernel[d:], self.post_in.bias[...])
-        shape = (contexts.shape[0], 2, s)
-        noise = jax.vmap(lambda k: jax.random.normal(k, shape, contexts.dtype), out_axes=1)(keys)
         return RSSMInputs(context_proj, embed_proj, noise)
 
     def step(

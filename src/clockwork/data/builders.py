@@ -123,7 +123,7 @@ class _ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = VERSION
     RELEASE_NOTES = RELEASE_NOTES
-    SPEC: ClassVar[archives.ArchiveSpec]
+    ARCHIVE: ClassVar[archives.ArchiveSpec]
 
     def __init__(
         self, *, allow_download: bool = False, file_format: str | None = None, **kwargs: Any
@@ -135,8 +135,8 @@ class _ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__class__.__doc__,
-            features=video_features(self.SPEC.channels),
-            homepage=self.SPEC.url.rsplit("/", 1)[0].replace("/download/", "/details/"),
+            features=video_features(self.ARCHIVE.channels),
+            homepage=self.ARCHIVE.url.rsplit("/", 1)[0].replace("/download/", "/details/"),
             citation=_CITATION,
             disable_shuffling=True,
         )
@@ -151,14 +151,14 @@ class _ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self, dl_manager: tfds.download.DownloadManager
     ) -> dict[str, Iterator[Example]]:
         manual_dir = _manual_dir(dl_manager)
-        archive = archives.find_archive(self.SPEC, manual_dir)
+        archive = archives.find_archive(self.ARCHIVE, manual_dir)
         if archive is None and self.allow_download:
-            archives.download(self.SPEC, manual_dir)
-            archive = archives.find_archive(self.SPEC, manual_dir)
+            archives.download(self.ARCHIVE, manual_dir)
+            archive = archives.find_archive(self.ARCHIVE, manual_dir)
         if archive is None:
-            raise archives.ArchiveNotFoundError(self.SPEC.missing_message(manual_dir))
+            raise archives.ArchiveNotFoundError(self.ARCHIVE.missing_message(manual_dir))
         # Listing every split first fails before anything is written if one is empty.
-        names = {split: archive.videos(split) for split in self.SPEC.split_dirs}
+        names = {split: archive.videos(split) for split in self.ARCHIVE.split_dirs}
         return {split: self._generate_examples(archive, names[split]) for split in names}
 
     def _generate_examples(
@@ -166,7 +166,7 @@ class _ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ) -> Iterator[Example]:
         for index, (name, data) in enumerate(zip(names, archive.read(names), strict=True)):
             try:
-                video = archives.decode_mp4(data, self.SPEC.channels)
+                video = archives.decode_mp4(data, self.ARCHIVE.channels)
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from e
             yield ordered_key(index, len(names)), {"video": video}
@@ -206,8 +206,8 @@ class MovingMnist2digit(_ArchiveBuilder):
     """
 
     name = "moving_mnist_2digit"
-    SPEC = archives.MOVING_MNIST
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(SPEC)
+    ARCHIVE = archives.MOVING_MNIST
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(ARCHIVE)
     BUILDER_CONFIGS: ClassVar[list[MovingMnistConfig]] = [
         MovingMnistConfig(name="archive", description="Read from moving_mnist_2digit.zip."),
         MovingMnistConfig(name="generated", generated=True, description="Rendered by clockwork."),
@@ -235,8 +235,8 @@ class GqnMazes(_ArchiveBuilder):
     """GQN Mazes: 300-frame walks through DeepMind Lab mazes, 64x64 RGB."""
 
     name = "gqn_mazes"
-    SPEC = archives.GQN_MAZES
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(SPEC)
+    ARCHIVE = archives.GQN_MAZES
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(ARCHIVE)
 
 
 class ClockworkMinerlNavigate(_ArchiveBuilder):
@@ -247,5 +247,5 @@ class ClockworkMinerlNavigate(_ArchiveBuilder):
     """
 
     name = "clockwork_minerl_navigate"
-    SPEC = archives.MINERL_NAVIGATE
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(SPEC)
+    ARCHIVE = archives.MINERL_NAVIGATE
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(ARCHIVE)

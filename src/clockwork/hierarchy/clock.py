@@ -1,4 +1,4 @@
-"""The clock of a temporal hierarchy: which level ticks when (SPEC section 1).
+"""The clock of a temporal hierarchy: which level ticks when (docs/model.md#clock).
 
 Level ``l`` ticks once every ``P_l`` frames, with ``P_0 = 1`` and
 ``P_l = k_1 * ... * k_l`` for the factors ``(k_1, ..., k_{L-1})``, one per level
@@ -65,6 +65,32 @@ class Clock:
         """``ceil(frames / P_l)`` for every level."""
         frames = _check_factor("frames", frames)
         return tuple(math.ceil(frames / p) for p in self.periods)
+
+    @property
+    def top_period(self) -> int:
+        """``P_{L-1}``: a context or an imagination's ``start`` is a multiple of it."""
+        return self.periods[-1]
+
+    def check_top_multiple(self, value: object, name: str) -> int:
+        """``value`` if it is a non-negative multiple of the top period, else a clear error.
+
+        This is the one rule for context lengths, imagination starts and streamed chunks:
+        the top level must have seen whole steps, so that every level starts afresh.
+
+        >>> Clock((2, 3)).check_top_multiple(12, "context")
+        12
+        >>> Clock((2, 3)).check_top_multiple(8, "context")
+        Traceback (most recent call last):
+        ...
+        ValueError: context=8 must be a non-negative multiple of the top period 6
+        """
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 0 or value % self.top_period:
+            raise ValueError(
+                f"{name}={value} must be a non-negative multiple of the top period {self.top_period}"
+            )
+        return int(value)
 
     def merge(self, x: jax.Array, level: int) -> jax.Array:
         """Sum consecutive blocks of ``P_level`` frames (zero-padding the end).

@@ -1,4 +1,4 @@
-"""The top-down unroll of a stack of cells on a clock (SPEC sections 4 and 8)."""
+"""The top-down unroll of a stack of cells on a clock (docs/model.md#hierarchy)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from clockwork.cells.base import Cell, unroll
+from clockwork.cells.base import Cell, check_cell, draw_noise, unroll
 from clockwork.hierarchy.clock import Clock
 
 UseObs = bool | str | Sequence[bool]
@@ -67,14 +67,17 @@ class Hierarchy(nnx.Module):
     ):
         if not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
+        if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
+            raise TypeError(f"cells must be a sequence of cells, one per level, got {cells!r}")
         if len(cells) != clock.levels:
             raise ValueError(
                 f"{len(cells)} cells for a clock of {clock.levels} levels "
                 f"(factors {clock.factors}); give one cell per level"
             )
+        if isinstance(action_size, bool) or not isinstance(action_size, int) or action_size < 0:
+            raise ValueError(f"action_size must be a non-negative int, got {action_size!r}")
         for level, cell in enumerate(cells):
-            if not isinstance(cell, Cell):
-                raise TypeError(f"cells[{level}] does not follow the Cell protocol")
+            check_cell(cell, f"cells[{level}]")
             if level + 1 < len(cells):
                 want = cells[level + 1].feature_size + (action_size if level == 0 else 0)
                 if cell.context_size != want:
@@ -83,9 +86,10 @@ class Hierarchy(nnx.Module):
                         f"above emits features of size {cells[level + 1].feature_size}"
                         + (f" plus {action_size} action dims" if level == 0 and action_size else "")
                     )
-        if len(cells) == 1 and action_size and cells[0].context_size != action_size:
+        if len(cells) == 1 and cells[0].context_size < action_size:
             raise ValueError(
-                f"a one-level hierarchy with actions needs context_size {action_size}"
+                f"a one-level hierarchy with {action_size} action dims needs context_size >= "
+                f"{action_size}, got {cells[0].context_size}"
             )
         self.cells = nnx.List(cells)
         self.clock = clock
@@ -99,11 +103,34 @@ class Hierarchy(nnx.Module):
     def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> tuple[Any, ...]:
         return tuple(cell.initial_state(batch_size, dtype) for cell in self.cells)
 
+    def noise(
+        self,
+        key: jax.Array,
+        frames: int,
+        batch_size: int,
+        *,
+        start: int | jax.Array = 0,
+        dtype: DTypeLike = jnp.float32,
+    ) -> tuple[Any, ...]:
+        """Every level's noise for ``frames`` frames: per level ``(B, N_l, ...)`` or ``None``.
+
+        Level ``l`` draws with ``split(key, levels)[l]`` for its steps from
+        ``start // P_l`` on (:func:`~clockwork.cells.draw_noise`), so ``observe(e, key)``
+        equals ``observe(e, noise=self.noise(key, T, B))``.
+        """
+        steps = self._steps(frames)
+        keys = jax.random.split(key, self.levels)
+        return tuple(
+            draw_noise(cell, k, batch_size, n, start=start // p, dtype=dtype)
+            for cell, k, n, p in zip(self.cells, keys, steps, self.clock.periods)
+        )
+
     def observe(
         self,
         embeds: Sequence[jax.Array],
-        key: jax.Array,
+        key: jax.Array | None = None,
         *,
+        noise: Sequence[Any] | None = None,
         use_obs: UseObs = True,
         initial: Sequence[Any] | None = None,
         actions: jax.Array | None = None,
@@ -112,28 +139,33 @@ class Hierarchy(nnx.Module):
 
         Args:
           embeds: per level ``(B, ceil(T / P_l), embed_size_l)``; ``T`` is level 0's length.
-          key: PRNG key.
+          key: PRNG key of the noise; or give ``noise`` drawn by :meth:`noise`.
           use_obs: per-level observation flags (see :func:`parse_use_obs`).
           initial: per-level initial states (zeros when ``None``).
           actions: ``(B, T, action_size)``, concatenated to level 0's context.
         """
+        if isinstance(embeds, (str, bytes)) or not isinstance(embeds, Sequence):
+            raise TypeError(f"embeds must be a sequence of arrays, one per level, got {type(embeds).__name__}")
         if len(embeds) != self.levels:
             raise ValueError(f"expected {self.levels} embeddings (one per level), got {len(embeds)}")
         frames = embeds[0].shape[1]
-        steps = self.clock.num_steps(frames) if frames else (0,) * self.levels
+        batch = embeds[0].shape[0]
+        steps = self._steps(frames)
         for level, (e, n) in enumerate(zip(embeds, steps)):
-            want = (embeds[0].shape[0], n, self.cells[level].embed_size)
+            want = (batch, n, self.cells[level].embed_size)
             if e.ndim != 3 or e.shape != want:
                 raise ValueError(f"embeds[{level}] has shape {e.shape}, expected {want}")
         flags = parse_use_obs(use_obs, self.levels)
-        return self._unroll(list(embeds), steps, flags, key, initial, actions, embeds[0].shape[0])
+        noise = self._noise(key, noise, frames, batch, 0, embeds[0].dtype)
+        return self._unroll(list(embeds), steps, flags, noise, initial, actions, batch)
 
     def imagine(
         self,
         initial: Sequence[Any],
         frames: int,
-        key: jax.Array,
+        key: jax.Array | None = None,
         *,
+        noise: Sequence[Any] | None = None,
         start: int | jax.Array = 0,
         actions: jax.Array | None = None,
     ) -> Rollout:
@@ -146,18 +178,21 @@ class Hierarchy(nnx.Module):
         ``start`` is the frame index of the first imagined frame within a longer
         imagination under the same ``key`` (a multiple of the top period): imagining
         ``a + b`` frames equals imagining ``a`` and then ``b`` with ``start=a`` from the
-        first part's last states.
+        first part's last states. With ``noise`` (from :meth:`noise`, which takes the
+        ``start``) instead of ``key``, ``start`` is not used.
         """
+        if isinstance(initial, (str, bytes)) or not isinstance(initial, Sequence):
+            raise TypeError("initial must be a sequence of states, one per level")
         if len(initial) != self.levels:
             raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
-        top = self.clock.periods[-1]
-        if isinstance(start, int) and (start < 0 or start % top):
-            raise ValueError(f"start={start} must be a non-negative multiple of the top period {top}")
-        steps = self.clock.num_steps(frames) if frames else (0,) * self.levels
+        if isinstance(start, int):
+            self.clock.check_top_multiple(start, "start")
+        steps = self._steps(frames)
         batch = jax.tree.leaves(initial[0])[0].shape[0]
+        dtype = jax.tree.leaves(initial[-1])[0].dtype
+        noise = self._noise(key, noise, frames, batch, start, dtype)
         return self._unroll(
-            [None] * self.levels, steps, (False,) * self.levels, key, initial, actions, batch,
-            start=start,
+            [None] * self.levels, steps, (False,) * self.levels, noise, initial, actions, batch
         )
 
     def open_loop(
@@ -180,10 +215,7 @@ class Hierarchy(nnx.Module):
           The observed and the imagined rollouts; level 0's imagined priors hold one
           state per predicted frame.
         """
-        ctx = embeds[0].shape[1]
-        top = self.clock.periods[-1]
-        if ctx % top:
-            raise ValueError(f"context of {ctx} frames is not a multiple of the top period {top}")
+        ctx = self.clock.check_top_multiple(embeds[0].shape[1], "context")
         obs_actions = img_actions = None
         if actions is not None:
             obs_actions, img_actions = actions[:, :ctx], actions[:, ctx:]
@@ -191,16 +223,36 @@ class Hierarchy(nnx.Module):
         seen = self.observe(embeds, k_obs, use_obs=use_obs, actions=obs_actions)
         return seen, self.imagine(seen.last, horizon, k_img, actions=img_actions)
 
+    def _steps(self, frames: int) -> tuple[int, ...]:
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise ValueError(f"frames must be a non-negative int, got {frames!r}")
+        return self.clock.num_steps(frames) if frames else (0,) * self.levels
+
+    def _noise(
+        self, key: jax.Array | None, noise: Sequence[Any] | None, frames: int, batch: int,
+        start: int | jax.Array, dtype: DTypeLike,
+    ) -> tuple[Any, ...]:
+        if (key is None) == (noise is None):
+            raise ValueError("give exactly one of key (a PRNG key) and noise (from Hierarchy.noise)")
+        if noise is None:
+            if not isinstance(key, jax.Array) or not (
+                jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32
+            ):
+                raise TypeError(f"key must be a PRNG key (jax.random.key), got {key!r}")
+            return self.noise(key, frames, batch, start=start, dtype=dtype)
+        if len(noise) != self.levels:
+            raise ValueError(f"expected noise for {self.levels} levels, got {len(noise)}")
+        return tuple(noise)
+
     def _unroll(
         self,
         embeds: list[jax.Array | None],
         steps: tuple[int, ...],
         use_obs: tuple[bool, ...],
-        key: jax.Array,
+        noise: tuple[Any, ...],
         initial: Sequence[Any] | None,
         actions: jax.Array | None,
         batch: int,
-        start: int | jax.Array = 0,
     ) -> Rollout:
         given = [e for e in embeds if e is not None]
         if initial is None:
@@ -215,7 +267,6 @@ class Hierarchy(nnx.Module):
             raise ValueError(
                 f"actions have shape {actions.shape}, expected {(batch, steps[0], self.action_size)}"
             )
-        keys = jax.random.split(key, self.levels)
         top = self.cells[-1]
         top_ctx = top.context_size - (self.action_size if self.levels == 1 else 0)
         dtype = given[0].dtype if given else jax.tree.leaves(initial[-1])[0].dtype
@@ -229,13 +280,11 @@ class Hierarchy(nnx.Module):
                 initial[level],
                 embeds[level],
                 context,
-                keys[level],
+                noise[level],
                 use_obs=use_obs[level],
-                start=start // self.clock.periods[level],
                 remat=self.remat,
             )
             last[level], priors[level], posts[level] = state, out.prior, out.posterior
             if level:
                 context = self.clock.tile(out.posterior.feature, level, steps[level - 1])
         return Rollout(tuple(last), tuple(priors), tuple(posts))
-

@@ -1,4 +1,4 @@
-"""The CW-VAE objective: negative ELBO per frame with per-level KL terms (SPEC section 6)."""
+"""The CW-VAE objective: negative ELBO per frame with per-level KL terms (docs/model.md#loss)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class ElboTerms(NamedTuple):
     """Per-level terms, each a scalar summed over steps and averaged over the batch.
 
     ``kl``: the raw ``KL(q || p)``; ``kl_loss``: what enters the loss after KL balancing and
-    free nats, before ``beta``; ``prior_entropy`` / ``post_entropy``: entropies.
+    free nats, before ``beta``; ``prior_entropy`` / ``post_entropy``: entropies, ``None``
+    for a level whose states have no ``entropy()``.
     """
 
     kl: tuple[jax.Array, ...]
@@ -74,8 +75,10 @@ def kl_terms(
             term = jnp.maximum(0.0, term - fn)
         kl.append(raw)
         kl_loss.append(term)
-        prior_ent.append(_sum_mean(prior.entropy()))
-        post_ent.append(_sum_mean(post.entropy()))
+        # Entropies are reported where the states have them (an optional part of the
+        # cell protocol).
+        prior_ent.append(_sum_mean(prior.entropy()) if hasattr(prior, "entropy") else None)
+        post_ent.append(_sum_mean(post.entropy()) if hasattr(post, "entropy") else None)
     return ElboTerms(tuple(kl), tuple(kl_loss), tuple(prior_ent), tuple(post_ent))
 
 
@@ -146,6 +149,8 @@ def elbo_from_nll(
     metrics = {"loss": loss, "nll": nll / t, "kl": sum(terms.kl) / t}
     for level in range(levels):
         metrics[f"kl/{level}"] = terms.kl[level] / t
-        metrics[f"prior_entropy/{level}"] = terms.prior_entropy[level] / t
-        metrics[f"post_entropy/{level}"] = terms.post_entropy[level] / t
+        for name in ("prior_entropy", "post_entropy"):
+            value = getattr(terms, name)[level]
+            if value is not None:
+                metrics[f"{name}/{level}"] = value / t
     return loss, metrics

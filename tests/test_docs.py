@@ -1,0 +1,39 @@
+"""The documentation's code runs: each page's ``python`` blocks run in order in one
+namespace, and a block followed by a plain block must print exactly that text."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
+
+
+def blocks(page: str) -> list[tuple[str, str | None]]:
+    """``(code, expected output or None)`` for each python block of ``page``."""
+    found = [(m.group(1), m.group(2), m.end(), m.start()) for m in BLOCK.finditer(page)]
+    out = []
+    for i, (lang, text, end, _) in enumerate(found):
+        if lang != "python":
+            continue
+        following = found[i + 1] if i + 1 < len(found) else None
+        expected = None
+        if following and following[0] == "" and page[end:following[3]].strip() == "":
+            expected = following[1]
+        out.append((text, expected))
+    return out
+
+
+
+def test_write_your_own_cell_page_runs(clean_registry):
+    page = (DOCS / "write_your_own_cell.md").read_text()
+    code = blocks(page)
+    assert len(code) >= 5
+    namespace: dict = {"__name__": "docs_example"}
+    for i, (text, expected) in enumerate(code):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(text, f"write_your_own_cell.md block {i}", "exec"), namespace)  # noqa: S102
+        if expected is not None:
+            assert printed.getvalue() == expected, f"block {i}"
