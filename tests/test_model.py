@@ -167,7 +167,9 @@ def test_train_step_equals_manual_gradient_step():
     graphdef, state = init_train_state(model, opt, jax.random.key(7))
     x = frames((1, 4, 64, 64, 1))
     _, sub = jax.random.split(jax.random.key(7))
-    grads = nnx.grad(lambda m: m.loss(x, sub)[0])(model)
+    # Jitted (eager, it compiles each of hundreds of ops alone); still its own path:
+    # nnx.grad of the model's loss, not the step's split-and-merge loss function.
+    grads = nnx.jit(nnx.grad(lambda m: m.loss(x, sub)[0]))(model)
     new, _ = make_train_step(graphdef, opt, donate=False)(state, x)
     with jax.numpy_dtype_promotion("standard"):
         updates, _ = opt.update(nnx.state(grads, nnx.Param), opt.init(state.params), state.params)
