@@ -40,16 +40,14 @@ def _int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be {kind} integer, got {value!r}")
 
 
-def _per_level_floats(name: str, value: Any, levels: int | None) -> Any:
-    if value is None or isinstance(value, bool):
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, one number per level, or None, got {value!r}")
+def _per_level_floats(name: str, value: Any) -> Any:
+    """``None``, a float, or a tuple of floats (its length is checked by
+    :meth:`LossConfig.check_levels`, which knows the levels)."""
+    if value is None:
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, (list, tuple)):
-        if levels is not None and len(value) != levels:
-            raise ValueError(f"{name} needs one value per level ({levels}), got {value!r}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"{name} must hold numbers, got {value!r}")
         return tuple(float(v) for v in value)
@@ -178,7 +176,7 @@ class LossConfig(_Replace):
             raise ValueError(f"dec_stddev must be > 0, got {self.dec_stddev!r}")
         object.__setattr__(self, "dec_stddev", float(self.dec_stddev))
         for name in ("beta", "free_nats"):
-            object.__setattr__(self, name, _per_level_floats(name, getattr(self, name), None))
+            object.__setattr__(self, name, _per_level_floats(name, getattr(self, name)))
         a = self.kl_grad_post_perc
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
                               or not 0.0 <= a <= 1.0):
