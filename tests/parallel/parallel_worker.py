@@ -86,15 +86,17 @@ def loop_collectives(hlo: str) -> int:
     return count, len(bodies)
 
 
-def grad_diff(graphdef, params, mesh, shardings) -> float:
-    """Largest gradient difference, sharded against one device, relative to the largest gradient."""
+def single_grads(graphdef, params) -> dict:
+    """The single-device gradient of the loss on ``frames()`` under key 2."""
     loss_fn = make_loss_fn(graphdef)
+    return jax.jit(lambda p, f, k: jax.grad(loss_fn, has_aux=True)(p, f, k)[0])(
+        params, frames(), jax.random.key(2))
 
-    def grads(p, f, k):
-        return jax.grad(loss_fn, has_aux=True)(p, f, k)[0]
 
+def grad_diff(graphdef, params, mesh, shardings, single) -> float:
+    """Largest gradient difference, sharded against ``single`` (one device), relative to
+    the largest gradient."""
     key = jax.random.key(2)
-    single = jax.jit(grads)(params, frames(), key)
     batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     sharded = parallel.sharded_gradients(graphdef, mesh)
     many = jax.jit(lambda p, f, k: sharded(p, f, k)[0], in_shardings=(shardings, batch, rep))(
@@ -164,6 +166,7 @@ def mesh_mode(out: pathlib.Path) -> dict:
     single_state, single_metrics = single_step(state, frames())
     single = flat_params(single_state)
     result = {"devices": jax.device_count(), "loss_1": float(single_metrics["loss"])}
+    grads_1 = single_grads(graphdef, state.params)
     for name, (data, model, rules) in {"8": (8, 1, None), "2x4": (2, 4, RULES)}.items():
         mesh = parallel.make_mesh(data, model)
         shardings = parallel.param_shardings(state, mesh, rules)
@@ -185,7 +188,7 @@ def mesh_mode(out: pathlib.Path) -> dict:
             "step": int(new.step),
             "loop_collectives": collectives,
             "loops": loops,
-            "grad_rel_diff": grad_diff(graphdef, state.params, mesh, shardings.params),
+            "grad_rel_diff": grad_diff(graphdef, state.params, mesh, shardings.params, grads_1),
         }
         if name == "8":
             mgr = checkpointing.manager(out / "ckpt")

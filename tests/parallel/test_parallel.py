@@ -26,7 +26,8 @@ def start(mode: str, out: pathlib.Path, *args: str, devices: int = 1) -> subproc
     # the first collective for the other longer than Gloo's 30 s deadline.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, str(WORKER), mode, str(out), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
