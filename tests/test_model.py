@@ -63,7 +63,7 @@ def test_per_level_overrides():
     (lambda: ModelConfig(factors=(2.5, 2)), r"factors\[0\]"),
     (lambda: ModelConfig(factors=(2,)), "give levels - 1 factors"),
     (lambda: ModelConfig(temporal_factor=0), "k must be"),
-    (lambda: ModelConfig(cell="lstm"), "unknown cell 'lstm'; registered cells: gru, rssm"),
+    (lambda: ModelConfig(cell="lsmt"), "unknown cell 'lsmt'; registered cells: categorical, gru, lstm, mdn, rssm"),
     (lambda: ModelConfig(cell=("rssm", "gru")), "cell needs one name per level"),
     (lambda: ModelConfig(cell_options=({},)), "cell_options needs one mapping per level"),
     (lambda: ModelConfig(cell_options=3), "cell_options must be a mapping"),

@@ -102,7 +102,7 @@ def test_register_user_cell_and_build_from_config(clean_registry):
     assert np.isfinite(float(loss))
     with pytest.raises(ValueError, match="cell 'leaky' is registered already"):
         cells.register("leaky", user_cells.FastLeakyCell)
-    with pytest.raises(ValueError, match="unknown cell 'laeky'; registered cells: gru, leaky, rssm"):
+    with pytest.raises(ValueError, match="unknown cell 'laeky'; registered cells: categorical, gru, leaky, lstm, mdn, rssm"):
         ModelConfig(cell="laeky")
 
 

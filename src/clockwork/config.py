@@ -28,6 +28,7 @@ from typing import Any
 
 from clockwork.cells.registry import resolve
 from clockwork.hierarchy.clock import Clock
+from clockwork.losses.elbo import FREE_BITS, KL_BALANCE, check_kl_options
 from clockwork.nets import CONV_IMPLS
 from clockwork.training import COMPUTE_DTYPES
 
@@ -161,30 +162,51 @@ class LossConfig(_Replace):
     Attributes:
       dec_stddev: the stddev of the decoder's per-pixel Normal.
       beta: scales each level's KL: one number, one per level, or ``None`` (1).
-      free_nats: per level ``max(0, kl - free_nats)`` on the per-sequence KL, or ``None``.
-      kl_grad_post_perc: KL balancing's ``a`` in ``[0, 1]``, or ``None`` (off).
+      free_nats: the official TF code's threshold, ``max(0, kl - free_nats)`` on the
+        per-sequence KL (one number, one per level, or ``None``).
+      free_bits: DreamerV3's threshold, ``max(free_bits, kl_n)`` on each step's KL (one
+        number, one per level, or ``None``; DreamerV3 uses 1.0).
+      kl_grad_post_perc: the JAX port's KL balancing ``a`` in ``[0, 1]``, or ``None``.
+      kl_balance: DreamerV2/V3's KL balancing weights ``(dynamics, representation)``
+        (DreamerV3: ``(0.5, 0.1)``), or ``None``.
+
+    :meth:`dreamerv3` gives DreamerV3's free bits and balancing.
     """
 
     dec_stddev: float = 1.0
     beta: float | tuple[float, ...] | None = None
     free_nats: float | tuple[float, ...] | None = None
     kl_grad_post_perc: float | None = None
+    free_bits: float | tuple[float, ...] | None = None
+    kl_balance: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dec_stddev, bool) or not isinstance(self.dec_stddev, (int, float)) \
                 or not self.dec_stddev > 0:
             raise ValueError(f"dec_stddev must be > 0, got {self.dec_stddev!r}")
         object.__setattr__(self, "dec_stddev", float(self.dec_stddev))
-        for name in ("beta", "free_nats"):
+        for name in ("beta", "free_nats", "free_bits"):
             object.__setattr__(self, name, _per_level_floats(name, getattr(self, name)))
-        a = self.kl_grad_post_perc
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
-                              or not 0.0 <= a <= 1.0):
-            raise ValueError(f"kl_grad_post_perc must be in [0, 1] or None, got {a!r}")
+        if isinstance(self.kl_balance, list):
+            object.__setattr__(self, "kl_balance", tuple(self.kl_balance))
+        check_kl_options(beta=self.beta, free_nats=self.free_nats, free_bits=self.free_bits,
+                         kl_grad_post_perc=self.kl_grad_post_perc, kl_balance=self.kl_balance)
+        if self.kl_balance is not None:
+            object.__setattr__(self, "kl_balance", tuple(float(w) for w in self.kl_balance))
+
+    @classmethod
+    def dreamerv3(cls, **changes: Any) -> LossConfig:
+        """DreamerV3's KL options: free bits of 1 nat and balancing weights (0.5, 0.1).
+
+        >>> LossConfig.dreamerv3(dec_stddev=0.4)
+        LossConfig(dec_stddev=0.4, beta=None, free_nats=None, kl_grad_post_perc=None, free_bits=1.0, kl_balance=(0.5, 0.1))
+        """
+        return cls(**{"free_bits": FREE_BITS, "kl_balance": KL_BALANCE, **changes})
 
     def check_levels(self, levels: int) -> None:
-        """Raise unless ``beta`` and ``free_nats`` are scalars or have ``levels`` values."""
-        for name in ("beta", "free_nats"):
+        """Raise unless ``beta``, ``free_nats`` and ``free_bits`` are scalars or have
+        ``levels`` values."""
+        for name in ("beta", "free_nats", "free_bits"):
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != levels:
                 raise ValueError(f"{name} needs one value per level ({levels}), got {value!r}")

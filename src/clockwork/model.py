@@ -77,7 +77,7 @@ class CWVAE(nnx.Module):
       encoder: frames ``(B, T, H, W, C)`` to per-level embeddings; has ``frame_shape``.
       hierarchy: the cells on their clock.
       decoder: features ``(N, F)`` to frame means ``(N, H, W, C)``.
-      dec_stddev, beta, free_nats, kl_grad_post_perc: the loss
+      dec_stddev, beta, free_nats, kl_grad_post_perc, free_bits, kl_balance: the loss
         (:class:`~clockwork.config.LossConfig`, docs/model.md#loss).
       conv_chunk: the loss runs the encoder and the decoder (with the likelihood) over
         this many frames at a time, and predictions are decoded so (``None``: all at
@@ -106,12 +106,15 @@ class CWVAE(nnx.Module):
         beta: PerLevel = None,
         free_nats: PerLevel = None,
         kl_grad_post_perc: float | None = None,
+        free_bits: PerLevel = None,
+        kl_balance: tuple[float, float] | None = None,
         conv_chunk: int | None = 50,
         remat: bool = False,
     ):
         if not isinstance(hierarchy, Hierarchy):
             raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
-        loss = LossConfig(dec_stddev, beta, free_nats, kl_grad_post_perc)  # validates
+        loss = LossConfig(dec_stddev, beta, free_nats, kl_grad_post_perc, free_bits,
+                          kl_balance)  # validates
         loss.check_levels(hierarchy.levels)
         if conv_chunk is not None and (
             isinstance(conv_chunk, bool) or not isinstance(conv_chunk, int) or conv_chunk < 1
@@ -125,6 +128,8 @@ class CWVAE(nnx.Module):
         self.beta = loss.beta
         self.free_nats = loss.free_nats
         self.kl_grad_post_perc = loss.kl_grad_post_perc
+        self.free_bits = loss.free_bits
+        self.kl_balance = loss.kl_balance
         self.conv_chunk = conv_chunk
         self.remat = remat
 
@@ -164,6 +169,7 @@ class CWVAE(nnx.Module):
         return cls(
             encoder, hierarchy, decoder, dec_stddev=loss.dec_stddev, beta=loss.beta,
             free_nats=loss.free_nats, kl_grad_post_perc=loss.kl_grad_post_perc,
+            free_bits=loss.free_bits, kl_balance=loss.kl_balance,
             conv_chunk=speed.conv_chunk, remat=speed.remat,
         )
 
@@ -248,6 +254,7 @@ class CWVAE(nnx.Module):
         return elbo_from_nll(
             nll, frames.shape[1], rollout.posteriors, rollout.priors, beta=self.beta,
             free_nats=self.free_nats, kl_grad_post_perc=self.kl_grad_post_perc,
+            free_bits=self.free_bits, kl_balance=self.kl_balance,
         )
 
     def decode(self, features: jax.Array) -> jax.Array:

@@ -18,7 +18,7 @@ feeds its own rows of the global batch (``VideoPipeline`` reads its shard by
 >>> dict(mesh.shape)
 {'data': 1, 'model': 1}
 >>> shard_batch(np.zeros((4, 2), np.float32), mesh).sharding.spec
-PartitionSpec('data',)
+P('data',)
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 ``mesh``: one step on 1 device, on a mesh of 8 and on a 2x4 mesh with rules; error
 messages; saves the 8-device state as a checkpoint and the 2-step single-device
 reference for ``distributed``. ``cells``: on 4 devices, the loss and gradients of models
-with user cells (tests/user_cells.py, with and without the fast path) on meshes of 1, 2
-and 4, and the collectives inside loops of each compiled sharded step. ``restore``: restores that checkpoint on the devices of
+with user cells (tests/user_cells.py, with and without the fast path) and with the
+library's categorical, MDN-RNN and LSTM cells on meshes of 1, 2 and 4, and the
+collectives inside loops of each compiled sharded step. ``restore``: restores that checkpoint on the devices of
 this process (all of them on one mesh). ``distributed PORT ID``: two processes, one device each, train two steps.
 Each mode writes ``OUT_DIR/<mode>[-<id>].json`` (and ``.npz`` of parameters).
 """
@@ -30,8 +31,17 @@ sys.path[:0] = [str(EXAMPLES), str(TESTS)]
 import checkpointing  # noqa: E402
 import user_cells  # noqa: E402
 
-from clockwork import CWVAE, ConvDecoder, ConvEncoder, Hierarchy, ModelConfig, SpeedConfig, parallel  # noqa: E402
-from clockwork.cells import RSSMCell  # noqa: E402
+from clockwork import (  # noqa: E402
+    CWVAE,
+    Clock,
+    ConvDecoder,
+    ConvEncoder,
+    Hierarchy,
+    ModelConfig,
+    SpeedConfig,
+    parallel,
+)
+from clockwork.cells import CategoricalRSSMCell, LSTMCell, MDNRNNCell, RSSMCell  # noqa: E402
 from clockwork.data import VideoPipeline  # noqa: E402
 from clockwork.training import (  # noqa: E402
     init_train_state,
@@ -111,11 +121,19 @@ def grad_diff(graphdef, params, mesh, shardings, single) -> float:
 
 def user_model(kind: str) -> CWVAE:
     """A 2-level model whose level 0 (and, for "both", level 1) is a user cell; "slow"
-    has a built-in RSSM cell above a user cell without the fast path."""
+    has a built-in RSSM cell above a user cell without the fast path; "library" has
+    three levels of the categorical RSSM, MDN-RNN and LSTM cells."""
     rngs = nnx.Rngs(0)
-    clock = CONFIG.clock
+    clock = Clock((2, 2)) if kind == "library" else CONFIG.clock
     encoder = ConvEncoder(clock, filters=2, dense_layers=2, dense_embed_size=4, rngs=rngs)
     e = encoder.embed_size
+    if kind == "library":
+        top = LSTMCell(e, 3, det_size=3, hidden_size=3, rngs=rngs)
+        mid = MDNRNNCell(e, top.feature_size, stoch_size=2, det_size=3, mixtures=2, rngs=rngs)
+        low = CategoricalRSSMCell(e, mid.feature_size, groups=2, classes=3, det_size=3,
+                                  hidden_size=3, rngs=rngs)
+        decoder = ConvDecoder(low.feature_size, filters=2, rngs=rngs)
+        return CWVAE(encoder, Hierarchy([low, mid, top], clock), decoder, conv_chunk=8)
     if kind == "slow":  # no fast path, under a built-in cell
         top = RSSMCell(e, 5, stoch_size=2, det_size=3, hidden_size=3, rngs=rngs)
         low = user_cells.LeakyCell(e, 5, rngs=rngs)
@@ -131,7 +149,7 @@ def cells_mode(out: pathlib.Path) -> dict:
     optimizer = make_optimizer(1e-3)
     x = frames()
     key = jax.random.key(2)
-    for kind in ("slow", "both"):
+    for kind in ("slow", "both", "library"):
         graphdef, state = init_train_state(user_model(kind), optimizer, jax.random.key(1))
         loss_fn = make_loss_fn(graphdef)
         (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params, x, key)

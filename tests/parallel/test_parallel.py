@@ -151,6 +151,16 @@ def test_user_cell_scans_run_per_device_with_no_collective_inside(cells_run, kin
     assert result["loop_collectives"] == 0
 
 
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_categorical_mdn_and_lstm_cells_train_alike_on_1_2_and_4_devices(cells_run, devices):
+    """A three-level model of the categorical RSSM, the MDN-RNN and the LSTM cells: the
+    same loss and gradients on any mesh, and scans with no collective inside."""
+    result = cells_run[f"library-{devices}"]
+    np.testing.assert_allclose(result["sharded_loss"], result["loss"], rtol=1e-6)
+    assert result["grad_rel_diff"] < 1e-5
+    assert result["loops"] >= 6 and result["loop_collectives"] == 0
+
+
 @pytest.mark.parametrize("spec,shape", [
     ("8", (8, 1)), ("2x4", (2, 4)), ("auto", (None, 1)), (8, (8, 1)), (" 1X2 ", (1, 2)),
 ])

@@ -16,17 +16,32 @@ from clockwork.cells.base import (
     step_keys,
     unroll,
 )
+from clockwork.cells.categorical import CategoricalInputs, CategoricalRSSMCell, CategoricalState
 from clockwork.cells.gru import GRUCell
-from clockwork.cells.layers import GRU
+from clockwork.cells.layers import GRU, LSTM
+from clockwork.cells.lstm import LSTMCell, LSTMState
+from clockwork.cells.mdn import MDNCarry, MDNInputs, MDNNoise, MDNPosterior, MDNRNNCell, MixtureState
 from clockwork.cells.registry import feature_size, make, register, registered, resolve, unregister
 from clockwork.cells.rssm import RSSMCell, RSSMInputs
 
 __all__ = [
+    "LSTM",
+    "CategoricalInputs",
+    "CategoricalRSSMCell",
+    "CategoricalState",
     "Cell",
     "DeterministicState",
     "GRU",
     "GRUCell",
     "GaussianState",
+    "LSTMCell",
+    "LSTMState",
+    "MDNCarry",
+    "MDNInputs",
+    "MDNNoise",
+    "MDNPosterior",
+    "MDNRNNCell",
+    "MixtureState",
     "RSSMCell",
     "RSSMInputs",
     "StepOutput",

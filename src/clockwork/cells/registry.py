@@ -2,7 +2,8 @@
 
 A factory is any callable ``factory(embed_size, context_size, *, rngs, **options) ->
 Cell``; a cell class whose constructor has that signature is one. A configuration names
-a cell by a registered name (``"rssm"``, ``"gru"`` and whatever :func:`register` added)
+a cell by a registered name (the built-in ``"rssm"``, ``"gru"``, ``"lstm"``,
+``"categorical"``, ``"mdn"``, and whatever :func:`register` added)
 or by an import path ``"package.module:Name"``, which needs no registration.
 
 >>> from flax import nnx
@@ -32,7 +33,11 @@ CellFactory = Callable[..., Any]
 _FACTORIES: dict[str, CellFactory | str] = {
     "rssm": "clockwork.cells.rssm:RSSMCell",
     "gru": "clockwork.cells.gru:GRUCell",
+    "lstm": "clockwork.cells.lstm:LSTMCell",
+    "categorical": "clockwork.cells.categorical:CategoricalRSSMCell",
+    "mdn": "clockwork.cells.mdn:MDNRNNCell",
 }
+BUILT_IN = tuple(_FACTORIES)
 
 
 def register(name: str, factory: CellFactory, *, replace: bool = False) -> None:
@@ -54,7 +59,7 @@ def register(name: str, factory: CellFactory, *, replace: bool = False) -> None:
 
 def unregister(name: str) -> None:
     """Forget ``name``; the built-in names cannot be removed."""
-    if name in ("rssm", "gru"):
+    if name in BUILT_IN:
         raise ValueError(f"the built-in cell {name!r} cannot be unregistered")
     if name not in _FACTORIES:
         raise KeyError(f"no cell {name!r} is registered; registered: {registered()}")

@@ -27,6 +27,13 @@ class ElboTerms(NamedTuple):
     post_entropy: tuple[jax.Array, ...]
 
 
+FREE_BITS = 1.0
+"""DreamerV3's free-bits threshold in nats (``free_bits=FREE_BITS``)."""
+
+KL_BALANCE = (0.5, 0.1)
+"""DreamerV3's KL-balancing weights ``(dynamics, representation)``."""
+
+
 def _per_level(name: str, value: PerLevel, levels: int, default: float | None) -> list:
     if value is None:
         return [default] * levels
@@ -36,6 +43,50 @@ def _per_level(name: str, value: PerLevel, levels: int, default: float | None) -
     if len(value) != levels:
         raise ValueError(f"{name} needs one value per level ({levels}), got {len(value)}")
     return [None if v is None else float(v) for v in value]
+
+
+def _number(name: str, value: Any, *, low: float = 0.0, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low \
+            or (high is not None and not value <= high):
+        where = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"{name} must be a number {where}, got {value!r}")
+
+
+def check_kl_options(
+    *,
+    beta: PerLevel = None,
+    free_nats: PerLevel = None,
+    free_bits: PerLevel = None,
+    kl_grad_post_perc: float | None = None,
+    kl_balance: tuple[float, float] | None = None,
+) -> None:
+    """Raise a ``ValueError`` naming the argument unless the KL options are valid
+    (docs/model.md#loss): ``beta``, ``free_nats`` and ``free_bits`` non-negative (one
+    number or one per level), ``kl_grad_post_perc`` in ``[0, 1]``, ``kl_balance`` two
+    non-negative weights; at most one of ``free_nats`` and ``free_bits``, and at most one
+    of ``kl_grad_post_perc`` and ``kl_balance``. The per-level lengths are checked where
+    the levels are known.
+    """
+    for name, value in (("beta", beta), ("free_nats", free_nats), ("free_bits", free_bits)):
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        for v in values:
+            _number(name, v)
+    if kl_grad_post_perc is not None:
+        _number("kl_grad_post_perc", kl_grad_post_perc, high=1.0)
+    if kl_balance is not None:
+        if not isinstance(kl_balance, (list, tuple)) or len(kl_balance) != 2:
+            raise ValueError(f"kl_balance must be two weights (dynamics, representation), "
+                             f"got {kl_balance!r}")
+        for part, v in zip(("dynamics", "representation"), kl_balance):
+            _number(f"kl_balance's {part} weight", v)
+    if free_nats is not None and free_bits is not None:
+        raise ValueError("give free_nats (the per-sequence threshold) or free_bits (the "
+                         "per-step one), not both")
+    if kl_grad_post_perc is not None and kl_balance is not None:
+        raise ValueError("give kl_grad_post_perc or kl_balance (two ways of balancing the "
+                         "KL), not both")
 
 
 def _sum_mean(x: jax.Array) -> jax.Array:
@@ -48,29 +99,60 @@ def kl_terms(
     priors: Sequence[Any],
     *,
     free_nats: PerLevel = None,
+    free_bits: PerLevel = None,
     kl_grad_post_perc: float | None = None,
+    kl_balance: tuple[float, float] | None = None,
 ) -> ElboTerms:
-    """Per-level KL and entropy terms for stacked ``(B, N_l, ...)`` states.
+    """Per-level KL and entropy terms for stacked ``(B, N_l, ...)`` states
+    (docs/model.md#loss; all options off by default).
 
-    With ``kl_grad_post_perc = a`` (KL balancing) the loss term is
-    ``(1 - a) * KL(sg(q) || p) + max(1, a * KL(q || sg(p)))``, each summed over time and
-    averaged over the batch; with ``free_nats`` it becomes ``max(0, term - free_nats)``.
+    With ``sg`` the stop-gradient and ``KL_n`` step ``n``'s KL summed over the latent:
+
+    * no balancing: ``term = sum_n KL_n(q || p)``;
+    * ``kl_grad_post_perc = a`` (the JAX port's balancing): ``term = (1 - a) * sum_n
+      KL_n(sg(q) || p) + max(1, a * sum_n KL_n(q || sg(p)))``;
+    * ``kl_balance = (dyn, rep)`` (DreamerV2/V3, :data:`KL_BALANCE`): ``term = dyn *
+      sum_n KL_n(sg(q) || p) + rep * sum_n KL_n(q || sg(p))``;
+    * ``free_bits`` (DreamerV3's, :data:`FREE_BITS`): every ``KL_n`` above becomes
+      ``max(free_bits, KL_n)`` before the sum over steps;
+    * ``free_nats`` (the official TF code's): ``term = max(0, term - free_nats)`` after
+      the sum over steps and the mean over the batch.
+
+    Each term is averaged over the batch. ``free_nats`` and ``free_bits`` take one
+    number or one per level.
+
+    >>> from clockwork.cells import GaussianState
+    >>> z = jnp.zeros((1, 3, 2))
+    >>> q = GaussianState(z + 1.0, z, z, z + 1.0, z + 1.0)  # KL_n = 1 nat per step
+    >>> p = GaussianState(z, z, z, z, z + 1.0)
+    >>> [round(float(kl_terms([q], [p], **o).kl_loss[0]), 4) for o in
+    ...  ({}, {"free_bits": 2.0}, {"free_nats": 2.0}, {"kl_balance": (0.5, 0.1)})]
+    [3.0, 6.0, 1.0, 1.8]
     """
     levels = len(priors)
     if len(posteriors) != levels:
         raise ValueError(f"got {len(posteriors)} posteriors for {levels} priors")
+    check_kl_options(free_nats=free_nats, free_bits=free_bits,
+                     kl_grad_post_perc=kl_grad_post_perc, kl_balance=kl_balance)
     nats = _per_level("free_nats", free_nats, levels, None)
+    bits = _per_level("free_bits", free_bits, levels, None)
     kl, kl_loss, prior_ent, post_ent = [], [], [], []
     sg = jax.lax.stop_gradient
-    for post, prior, fn in zip(posteriors, priors, nats):
+    for post, prior, fn, fb in zip(posteriors, priors, nats, bits):
+        def clipped(steps: jax.Array, fb: float | None = fb) -> jax.Array:
+            return _sum_mean(steps if fb is None else jnp.maximum(fb, steps))
+
         raw = _sum_mean(post.kl(prior))
-        if kl_grad_post_perc is None:
-            term = raw
-        else:
+        if kl_balance is not None:
+            dyn, rep = kl_balance
+            term = dyn * clipped(sg(post).kl(prior)) + rep * clipped(post.kl(sg(prior)))
+        elif kl_grad_post_perc is not None:
             a = kl_grad_post_perc
-            to_prior = _sum_mean(sg(post).kl(prior))
-            to_post = _sum_mean(post.kl(sg(prior)))
+            to_prior = clipped(sg(post).kl(prior))
+            to_post = clipped(post.kl(sg(prior)))
             term = (1.0 - a) * to_prior + jnp.maximum(1.0, a * to_post)
+        else:
+            term = raw if fb is None else clipped(post.kl(prior))
         if fn is not None:
             term = jnp.maximum(0.0, term - fn)
         kl.append(raw)
@@ -102,7 +184,9 @@ def elbo_loss(
     dec_stddev: float,
     beta: PerLevel = None,
     free_nats: PerLevel = None,
+    free_bits: PerLevel = None,
     kl_grad_post_perc: float | None = None,
+    kl_balance: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Negative ELBO per frame: ``(nll + sum_l beta_l * kl_l) / T``.
 
@@ -112,7 +196,8 @@ def elbo_loss(
       posteriors, priors: one stacked state per level, ``(B, N_l, ...)`` leaves.
       dec_stddev: the decoder's fixed stddev.
       beta: scalar or one value per level multiplying each level's KL (default 1).
-      free_nats, kl_grad_post_perc: see :func:`kl_terms`; off by default.
+      free_nats, free_bits, kl_grad_post_perc, kl_balance: see :func:`kl_terms`; off by
+        default.
     Returns:
       The scalar loss and a dict of metrics, all divided by ``T``: ``nll``, ``kl``
       (sum over levels), and per level ``kl/l``, ``prior_entropy/l``, ``post_entropy/l``.
@@ -120,7 +205,7 @@ def elbo_loss(
     nll = jnp.mean(reconstruction_nll(frames, recon_mean, dec_stddev))
     return elbo_from_nll(
         nll, frames.shape[1], posteriors, priors, beta=beta, free_nats=free_nats,
-        kl_grad_post_perc=kl_grad_post_perc,
+        free_bits=free_bits, kl_grad_post_perc=kl_grad_post_perc, kl_balance=kl_balance,
     )
 
 
@@ -132,7 +217,9 @@ def elbo_from_nll(
     *,
     beta: PerLevel = None,
     free_nats: PerLevel = None,
+    free_bits: PerLevel = None,
     kl_grad_post_perc: float | None = None,
+    kl_balance: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`elbo_loss` from a precomputed ``nll`` (summed over frames and pixels,
     averaged over the batch) for sequences of ``frames`` frames."""
@@ -143,7 +230,9 @@ def elbo_from_nll(
     t = frames
     levels = len(priors)
     betas = _per_level("beta", beta, levels, 1.0)
-    terms = kl_terms(posteriors, priors, free_nats=free_nats, kl_grad_post_perc=kl_grad_post_perc)
+    check_kl_options(beta=beta)
+    terms = kl_terms(posteriors, priors, free_nats=free_nats, free_bits=free_bits,
+                     kl_grad_post_perc=kl_grad_post_perc, kl_balance=kl_balance)
     weighted = sum(b * k for b, k in zip(betas, terms.kl_loss))
     loss = (nll + weighted) / t
     metrics = {"loss": loss, "nll": nll / t, "kl": sum(terms.kl) / t}

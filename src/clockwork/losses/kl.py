@@ -1,4 +1,5 @@
-"""Closed-form quantities of diagonal Gaussians, reduced over the last (latent) axis."""
+"""Densities, KLs and entropies of the latent distributions: diagonal Gaussians, groups
+of categoricals and Gaussian mixtures, reduced over their latent axes."""
 
 from __future__ import annotations
 
@@ -33,3 +34,53 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float | jax.Array) -> 
     """Elementwise ``log N(x | mean, std)`` (no reduction)."""
     z = (x - mean) / std
     return -0.5 * jnp.square(z) - jnp.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def unimix(logits: jax.Array, mix: float) -> jax.Array:
+    """Log-probabilities of ``(1 - mix) * softmax(logits) + mix / C`` over the last axis
+    (``C`` classes): ``(..., C) -> (..., C)``; ``mix = 0`` is ``log_softmax(logits)``.
+
+    >>> [round(float(p), 3) for p in jnp.exp(unimix(jnp.array([0.0, 100.0]), 0.1))]
+    [0.05, 0.95]
+    """
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    if mix == 0:
+        return log_probs
+    classes = logits.shape[-1]
+    return jnp.log((1.0 - mix) * jnp.exp(log_probs) + mix / classes)
+
+
+def categorical_kl(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
+    """``KL(q || p)`` of groups of categoricals given normalised log-probabilities
+    ``(..., G, C)``, summed over classes and groups: ``(...)``.
+
+    >>> float(categorical_kl(jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5, 0.5]]))))
+    0.0
+    """
+    return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=(-2, -1))
+
+
+def categorical_entropy(log_p: jax.Array) -> jax.Array:
+    """Entropy of groups of categoricals ``(..., G, C)``, summed over groups: ``(...)``."""
+    return -jnp.sum(jnp.exp(log_p) * log_p, axis=(-2, -1))
+
+
+def mixture_log_prob(
+    x: jax.Array,
+    log_weights: jax.Array,
+    means: jax.Array,
+    stddevs: jax.Array,
+    *,
+    shared: bool = False,
+) -> jax.Array:
+    """``log p(x)`` under a mixture of ``K`` diagonal Gaussians: ``(..., S) -> (...)``.
+
+    ``means``, ``stddevs``: ``(..., S, K)``. Per dimension (``shared=False``, World
+    Models): ``log_weights (..., S, K)`` and ``sum_s logsumexp_k(w_sk + log N(x_s | m_sk,
+    s_sk))``. Shared (``shared=True``): ``log_weights (..., K)`` and ``logsumexp_k(w_k +
+    sum_s log N(x_s | m_sk, s_sk))``. ``log_weights`` are normalised over ``K``.
+    """
+    per_dim = gaussian_log_prob(x[..., None], means, stddevs)  # (..., S, K)
+    if shared:
+        return jax.nn.logsumexp(log_weights + jnp.sum(per_dim, axis=-2), axis=-1)
+    return jnp.sum(jax.nn.logsumexp(log_weights + per_dim, axis=-1), axis=-1)
