@@ -189,10 +189,13 @@ def evaluate(
         video = test[i]
         context = data.to_float(np.broadcast_to(video[:ctx], (batch, *video[:ctx].shape)))
         truth = data.to_float(np.broadcast_to(video[ctx:], (batch, *video[ctx:].shape)))
+        actions = None
+        if test.actions is not None:
+            actions = jnp.broadcast_to(test.actions[i], (batch, *test.actions[i].shape))
         preds = []
         for j in range(batches):
             key = jax.random.fold_in(jax.random.fold_in(root, i), j)
-            pred = predict(model, context, horizon, key, use_obs)
+            pred = predict(model, context, horizon, key, use_obs, actions)
             if settings.clip:
                 pred = jnp.clip(pred, 0.0, 1.0)
             first, count = j * batch, min(batch, settings.num_samples - j * batch)
@@ -238,10 +241,14 @@ def check_settings(
     parse_use_obs(use_obs, clock.levels)
 
 
-def predict(model: Any, context: jax.Array, horizon: int, key: jax.Array, use_obs: str) -> jax.Array:
+def predict(
+    model: Any, context: jax.Array, horizon: int, key: jax.Array, use_obs: str,
+    actions: jax.Array | None = None,
+) -> jax.Array:
     """``(B, horizon, 64, 64, C)`` open-loop predictions, imagined and decoded one
-    top-level period at a time (memory does not grow with the horizon)."""
-    chunks = model.open_loop(context, horizon, key, use_obs=use_obs,
+    top-level period at a time (memory does not grow with the horizon); ``actions (B,
+    ctx + horizon, A)`` when the model takes them."""
+    chunks = model.open_loop(context, horizon, key, use_obs=use_obs, actions=actions,
                              chunk=model.hierarchy.clock.top_period)
     return jnp.concatenate(list(chunks), axis=1)
 

@@ -51,7 +51,8 @@ from clockwork.config import LossConfig, ModelConfig, OptimConfig, SpeedConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 DATASETS = {"mmnist": 1, "mazes": 3, "minerl": 3}  # dataset -> channels
-DATA_SOURCES = ("tfds", "generated")
+DATA_SOURCES = ("tfds", "generated", "pushed")
+ACTION_SIZES = {"pushed": 2}  # data source -> size of its actions (others have none)
 IMPORTS = "imports"
 
 
@@ -73,8 +74,11 @@ class TrainConfig:
       dataset: ``mmnist``, ``mazes`` or ``minerl``.
       data_source: ``tfds`` reads the prepared tfds dataset from ``datadir`` (Moving MNIST
         falls back to the generated config when its archive is missing); ``generated``
-        renders Moving MNIST in memory (``mmnist`` only).
-      generated_videos: training videos rendered when ``data_source`` is ``generated``.
+        renders Moving MNIST in memory (``mmnist`` only); ``pushed`` renders one digit
+        moved by 2-d actions (``clockwork.data.generate_pushed_mnist``; the model needs
+        ``action_size: 2``), which the trainer and the evaluator feed to the model.
+      generated_videos: training videos rendered when ``data_source`` is ``generated``
+        or ``pushed``.
       datadir: tfds data folder; ``None`` is tfds's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       seed: seeds the parameters, the training noise, the data order and the video noise.
@@ -123,8 +127,8 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if self.data_source not in DATA_SOURCES:
             raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
-        if self.data_source == "generated" and self.dataset != "mmnist":
-            raise ValueError(f"data_source 'generated' is Moving MNIST only, not {self.dataset!r}")
+        if self.data_source in ("generated", "pushed") and self.dataset != "mmnist":
+            raise ValueError(f"data_source {self.data_source!r} is Moving MNIST only, not {self.dataset!r}")
         _check_ints(
             self,
             ("generated_videos", "batch_size", "seq_len", "num_steps", "log_every",
@@ -231,6 +235,12 @@ class RunConfig:
                 f"has channels={m.channels}"
             )
         self.loss.check_levels(m.levels)
+        actions = ACTION_SIZES.get(t.data_source, 0)
+        if m.action_size != actions:
+            raise ValueError(
+                f"data source {t.data_source!r} has {actions or 'no'} action dims, but the "
+                f"model has action_size={m.action_size}"
+            )
         for level, (name, options) in enumerate(m.cells()):
             try:
                 _check_cell(name, options)

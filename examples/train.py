@@ -169,13 +169,14 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     prepare_workdir(config, workdir, write=primary)
     wandb_run = start_wandb(config, workdir) if t.wandb and primary else None
-    train_src, val_batch = load_videos(config, videos)
+    train_src, train_actions, val_batch = load_videos(config, videos)
     ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
     mgr = checkpointing.manager(ckpt_dir, keep=t.keep, keep_every=t.keep_every)
     optimizer = make_optimizer(**dataclasses.asdict(config.optim))
     init_key, train_key, video_key = jax.random.split(jax.random.key(t.seed), 3)
     pipeline = data.VideoPipeline(
-        train_src, seq_len=t.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch
+        train_src, seq_len=t.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch,
+        actions=train_actions,
     )
     last_saved = mgr.latest_step()
     if last_saved is None:
@@ -216,7 +217,7 @@ def train_and_evaluate(
     try:
         for step in range(start + 1, t.num_steps + 1):
             batch = next(pipeline)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, *(batch if isinstance(batch, tuple) else (batch,)))
             pending.append(parallel.host_local(metrics))
             throughput.steps += 1
             bar.update(1)
@@ -262,17 +263,28 @@ def train_and_evaluate(
 
 def load_videos(
     config: RunConfig, videos: tuple[data.VideoSource, data.VideoSource] | None
-) -> tuple[data.VideoSource, np.ndarray | None]:
-    """The training videos and the fixed validation batch of the videos (None without)."""
+) -> tuple[data.VideoSource, Any, data.Batch | None]:
+    """The training videos, their actions (``None`` without) and the fixed validation
+    batch (frames, or frames and actions; ``None`` without videos)."""
     t = config.train
+    actions = None
     if videos is None:
-        train_src = sources.train_videos(t)
+        train_src, actions = sources.train_videos(t)
         val_src = sources.test_videos(t, t.video_examples, t.seq_len) if t.video_every else None
     else:
         train_src = videos[0]
         val_src = sources.Prefix(videos[1], t.video_examples, t.seq_len) if t.video_every else None
-    val_batch = None if val_src is None else np.stack([val_src[i] for i in range(len(val_src))])
-    return train_src, val_batch
+    if val_src is None:
+        return train_src, actions, None
+    val_batch = np.stack([val_src[i] for i in range(len(val_src))])
+    if val_src.actions is not None:
+        return train_src, actions, (val_batch, np.stack([val_src.actions[i] for i in range(len(val_src))]))
+    return train_src, actions, val_batch
+
+
+def split_batch(batch: data.Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(frames, actions)`` of a pipeline batch; ``actions`` is ``None`` without."""
+    return batch if isinstance(batch, tuple) else (batch, None)
 
 
 class Throughput:
@@ -340,23 +352,28 @@ def progress(means: dict[str, float], fps: float | None) -> str:
 
 
 def make_video_fn(graphdef: nnx.GraphDef, ctx: int, *, compute_dtype: str = "float32") -> VideoFn:
-    """Jitted ``(params, train_u8, val_u8, key) -> (uint8 predictions, val metrics)``.
+    """Jitted ``(params, train_u8, val_u8, key, train_actions=None, val_actions=None) ->
+    (uint8 predictions, val metrics)``.
 
     Observes frames ``..ctx`` of both batches and predicts the rest at once (one
-    compilation); the validation metrics are the ELBO terms (computed as in training, in
-    ``compute_dtype``) and the mean PSNR and SSIM of the predictions (clipped to ``[0,
-    1]``, as the evaluator scores them).
+    compilation), given the batches' actions when the model takes them; the validation
+    metrics are the ELBO terms (computed as in training, in ``compute_dtype``) and the
+    mean PSNR and SSIM of the predictions (clipped to ``[0, 1]``, as the evaluator scores
+    them).
     """
     loss_fn = make_loss_fn(graphdef, compute_dtype=compute_dtype)
 
     @jax.jit
-    def video_fn(params, train_u8, val_u8, key):
+    def video_fn(params, train_u8, val_u8, key, train_actions=None, val_actions=None):
         open_key, loss_key = jax.random.split(key)
         frames = data.to_float(jnp.concatenate([train_u8, val_u8]))
+        actions = None
+        if val_actions is not None:
+            actions = jnp.concatenate([train_actions, val_actions])
         model = nnx.merge(graphdef, params)
-        pred = model.open_loop(frames[:, :ctx], frames.shape[1] - ctx, open_key)
+        pred = model.open_loop(frames[:, :ctx], frames.shape[1] - ctx, open_key, actions=actions)
         pred = jnp.clip(pred, 0.0, 1.0)
-        _, metrics = loss_fn(params, val_u8, loss_key)
+        _, metrics = loss_fn(params, val_u8, loss_key, val_actions)
         val_pred, val_truth = pred[train_u8.shape[0]:], frames[train_u8.shape[0]:, ctx:]
         metrics = dict(
             metrics, psnr=jnp.mean(psnr(val_pred, val_truth)), ssim=jnp.mean(ssim(val_pred, val_truth))
@@ -368,12 +385,15 @@ def make_video_fn(graphdef: nnx.GraphDef, ctx: int, *, compute_dtype: str = "flo
 
 
 def write_videos(
-    video_fn: VideoFn, params: Any, batch: np.ndarray, val_batch: np.ndarray, key: jax.Array,
+    video_fn: VideoFn, params: Any, batch: data.Batch, val_batch: data.Batch, key: jax.Array,
     step: int, folder: pathlib.Path, log: MetricLog,
 ) -> list[pathlib.Path]:
     """Open-loop GIF and PNG of a training and a validation batch; logs val metrics."""
-    train = batch[: val_batch.shape[0]]
-    pred, metrics = jax.device_get(video_fn(params, train, val_batch, key))
+    (frames, actions), (val_batch, val_actions) = split_batch(batch), split_batch(val_batch)
+    rows = val_batch.shape[0]
+    train = frames[:rows]
+    train_actions = None if actions is None else actions[:rows]
+    pred, metrics = jax.device_get(video_fn(params, train, val_batch, key, train_actions, val_actions))
     log.write(step, {f"val/{k}": float(v) for k, v in metrics.items()})
     folder.mkdir(exist_ok=True)
     written = []

@@ -75,12 +75,16 @@ class ModelConfig(_Replace):
         ``factors`` is ``None``.
       factors: one temporal factor per level boundary ``(k_1, ..., k_{L-1})``.
       cell: the cell of every level, or one per level (fastest first): a registered
-        name (``rssm``, ``gru``, see :func:`clockwork.cells.register`) or an import path
+        name (``rssm``, ``gru``, ``lstm``, ``categorical``, ``mdn``, or one added by
+        :func:`clockwork.cells.register`) or an import path
         ``package.module:Factory``.
       cell_options: keyword arguments of the cell factory (for ``rssm``: ``stoch_size``,
-        ``det_size``, ``hidden_size``, ``min_stddev``, ``stddev_shift``; for ``gru``:
-        ``det_size``, ``hidden_size``): one mapping for every level, or one per level
-        (needed when the levels' cells take different options).
+        ``det_size``, ``hidden_size``, ``min_stddev``, ``stddev_shift``; for ``gru`` and
+        ``lstm``: ``det_size``, ``hidden_size``; for ``categorical``: ``groups``,
+        ``classes``, ``det_size``, ``hidden_size``, ``unimix``; for ``mdn``:
+        ``stoch_size``, ``det_size``, ``hidden_size``, ``mixtures``, ``temperature``,
+        ``shared_weights``): one mapping for every level, or one per level (needed when
+        the levels' cells take different options).
       action_size: size of actions concatenated to level 0's context (0: none).
       channel_mult, filters: the conv nets' widths ``m`` and ``f``.
       enc_dense_layers, enc_dense_embed_size: the encoder's per-level dense stacks.

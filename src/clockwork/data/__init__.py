@@ -6,9 +6,11 @@ Videos are uint8 `(T, 64, 64, C)` on the host and float in [0, 1] on the device.
   or `clockwork_minerl_navigate` (presets 'mmnist', 'mazes', 'minerl', see `PRESETS`),
   built offline from the published zip on first use.
 - `generate_moving_mnist(num_videos, num_frames, seed)`: Moving MNIST in memory,
-  `(N, T, 64, 64, 1)` uint8, from MNIST digits shipped with the package.
-- `VideoPipeline(videos, seq_len=..., batch_size=...)`: shuffled, sharded, resumable
-  uint8 batches `(B, seq_len, 64, 64, C)`; `to_float` maps them to [0, 1] on device.
+  `(N, T, 64, 64, 1)` uint8, from MNIST digits shipped with the package;
+  `generate_pushed_mnist` gives videos with the actions that move their digit.
+- `VideoPipeline(videos, seq_len=..., batch_size=..., actions=None)`: shuffled, sharded,
+  resumable uint8 batches `(B, seq_len, 64, 64, C)` (with `actions`, pairs of frames and
+  their actions); `to_float` maps them to [0, 1] on device.
 
 The tfds builders (`clockwork.data.builders`) are registered on import when
 `tensorflow_datasets` is installed (the `data` extra); the generator and the pipeline
@@ -19,9 +21,14 @@ import importlib.util
 
 from clockwork.data.archives import ArchiveNotFoundError
 from clockwork.data.datasets import PRESETS, TfdsVideos, builder_name, load_split
-from clockwork.data.moving_mnist import generate_moving_mnist, iter_moving_mnist, mnist_digits
+from clockwork.data.moving_mnist import (
+    generate_moving_mnist,
+    generate_pushed_mnist,
+    iter_moving_mnist,
+    mnist_digits,
+)
 from clockwork._util import to_float
-from clockwork.data.pipeline import PipelineState, VideoPipeline, VideoSource
+from clockwork.data.pipeline import Batch, PipelineState, VideoPipeline, VideoSource
 
 if importlib.util.find_spec("tensorflow_datasets") is not None:
     from clockwork.data import builders  # noqa: F401  (registers the tfds builders)
@@ -29,12 +36,14 @@ if importlib.util.find_spec("tensorflow_datasets") is not None:
 __all__ = [
     "PRESETS",
     "ArchiveNotFoundError",
+    "Batch",
     "PipelineState",
     "TfdsVideos",
     "VideoPipeline",
     "VideoSource",
     "builder_name",
     "generate_moving_mnist",
+    "generate_pushed_mnist",
     "iter_moving_mnist",
     "load_split",
     "mnist_digits",

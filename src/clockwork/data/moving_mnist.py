@@ -6,6 +6,8 @@ position uniform over the frame, a direction uniform on the circle and a speed u
 any video length costs the same per frame) and overlapping digits combine by their
 pixelwise maximum. Everything follows from `(seed, digit_split)`, independent of how the
 videos are chunked while rendering.
+
+`generate_pushed_mnist` is a variant with actions: one digit whose velocity is the action.
 """
 
 from __future__ import annotations
@@ -118,19 +120,84 @@ def render(plan: MovingMnistPlan, num_frames: int, digits: np.ndarray) -> np.nda
       num_frames: T.
       digits: `(K, 28, 28)` uint8 digit images.
     """
-    n = len(plan)
+    return draw(plan.digit_ids, plan_positions(plan, num_frames), digits)
+
+
+def draw(digit_ids: np.ndarray, positions: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """Videos of digits at given positions: `(N, T, 64, 64, 1)` uint8.
+
+    Args:
+      digit_ids: `(N, D)` indices into `digits`, the digits of each video.
+      positions: `(N, T, D, 2)` int top-left (row, col) of each digit in each frame, in
+        `[0, 36]`; overlapping digits combine by their pixelwise maximum.
+      digits: `(K, 28, 28)` uint8 digit images.
+    """
+    n, num_frames, num_digits = positions.shape[:3]
     frames = np.zeros((n * num_frames, FRAME_SIZE, FRAME_SIZE), np.uint8)
     # windows[i, r, c] is the 28x28 view of frame i whose top-left pixel is (r, c).
     windows = np.lib.stride_tricks.sliding_window_view(
         frames, (DIGIT_SIZE, DIGIT_SIZE), axis=(1, 2), writeable=True
     )
-    positions = plan_positions(plan, num_frames).reshape(n * num_frames, NUM_DIGITS, 2)
+    positions = positions.reshape(n * num_frames, num_digits, 2)
     frame = np.arange(n * num_frames)
-    for d in range(NUM_DIGITS):
+    for d in range(num_digits):
         index = (frame, positions[:, d, 0], positions[:, d, 1])
-        patch = np.repeat(digits[plan.digit_ids[:, d]], num_frames, axis=0)  # (N*T, 28, 28)
+        patch = np.repeat(digits[digit_ids[:, d]], num_frames, axis=0)  # (N*T, 28, 28)
         windows[index] = np.maximum(windows[index], patch)
     return frames.reshape(n, num_frames, FRAME_SIZE, FRAME_SIZE, 1)
+
+
+PUSH_SPEED = 3.0
+"""Pixels per frame of an action of 1 in :func:`generate_pushed_mnist`."""
+
+
+def generate_pushed_mnist(
+    num_videos: int,
+    num_frames: int = 100,
+    seed: int = 0,
+    *,
+    digit_split: DigitSplit = "train",
+    switch_prob: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One digit pushed around by actions: a generated dataset whose frames need them.
+
+    Each video's action at frame `t` is a velocity `(row, col)` in `[-1, 1]^2`; with
+    probability `switch_prob` a frame draws a fresh uniform velocity, else it keeps the
+    previous one (frame 0 always draws). The digit's top-left corner moves by `PUSH_SPEED
+    * action_t` pixels from frame `t - 1` to frame `t` (from a uniform start for frame
+    0), stopping at the frame's edges. So `actions[:, t]` is what leads to frame `t`: in
+    a :class:`~clockwork.CWVAE` with `action_size=2` it enters level 0's step `t`.
+
+    Returns:
+      `videos (N, T, 64, 64, 1)` uint8 and `actions (N, T, 2)` float32; everything
+      follows from `(seed, digit_split)`.
+
+    >>> videos, actions = generate_pushed_mnist(2, num_frames=5)
+    >>> videos.shape, actions.shape, actions.dtype
+    ((2, 5, 64, 64, 1), (2, 5, 2), dtype('float32'))
+    """
+    if num_videos < 0 or num_frames < 1:
+        raise ValueError(f"need num_videos >= 0 and num_frames >= 1, got {num_videos}, {num_frames}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0.0 <= switch_prob <= 1.0:
+        raise ValueError(f"switch_prob must be in [0, 1], got {switch_prob!r}")
+    digits = mnist_digits(digit_split)
+    rng = np.random.default_rng([seed, _SPLIT_CODE[digit_split], 1])
+    digit_ids = rng.integers(0, len(digits), (num_videos, 1))
+    start = rng.random((num_videos, 2)) * LIMIT
+    fresh = rng.uniform(-1.0, 1.0, (num_videos, num_frames, 2))
+    switch = rng.random((num_videos, num_frames)) < switch_prob
+    switch[:, 0] = True
+    # Hold each velocity until the next switch: index of the latest switching frame.
+    latest = np.maximum.accumulate(np.where(switch, np.arange(num_frames), 0), axis=1)
+    actions = np.take_along_axis(fresh, latest[..., None], axis=1)
+    position = start
+    positions = np.empty((num_videos, num_frames, 1, 2), np.int64)
+    for t in range(num_frames):
+        position = np.clip(position + PUSH_SPEED * actions[:, t], 0.0, LIMIT)
+        positions[:, t, 0] = np.rint(position)
+    return draw(digit_ids, positions, digits), actions.astype(np.float32)
 
 
 def iter_moving_mnist(

@@ -24,7 +24,9 @@ import jax
 import numpy as np
 
 PipelineState = dict[str, int]
-_Pending = tuple[tuple[int, int], concurrent.futures.Future[np.ndarray]]  # (epoch, step), batch
+Batch = np.ndarray | tuple[np.ndarray, np.ndarray]
+"""Frames ``(B, seq_len, H, W, C)`` uint8, or ``(frames, actions (B, seq_len, A))``."""
+_Pending = tuple[tuple[int, int], concurrent.futures.Future[Batch]]  # (epoch, step), batch
 
 
 class VideoSource(Protocol):
@@ -52,6 +54,10 @@ class VideoPipeline:
       process_index: this process's shard, default `jax.process_index()`.
       process_count: number of shards, default `jax.process_count()`.
       prefetch: batches read ahead in background threads (0 reads on demand).
+      actions: optional per-video actions, ``actions[i]`` a float ``(T, A)`` array for
+        ``videos[i]`` (an ``(N, T, A)`` array is one). With them every batch is a pair
+        ``(frames, actions)``, the actions ``(batch_size, seq_len, A)`` float32 of the
+        same windows.
 
     `state()` returns the position as a JSON-serialisable dict; `restore(state)` on a
     pipeline built with the same arguments continues exactly where it was saved.
@@ -76,6 +82,7 @@ class VideoPipeline:
         process_index: int | None = None,
         process_count: int | None = None,
         prefetch: int = 2,
+        actions: Any = None,
     ):
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
@@ -93,7 +100,15 @@ class VideoPipeline:
         first = videos[0]
         if first.dtype != np.uint8 or first.ndim != 4:
             raise TypeError(f"videos must be uint8 (T, H, W, C); got {first.dtype} {first.shape}")
+        if actions is not None:
+            if len(actions) != len(videos):
+                raise ValueError(f"actions are given for {len(actions)} videos, but there are {len(videos)}")
+            a0 = np.asarray(actions[0])
+            if a0.ndim != 2 or a0.shape[0] != first.shape[0] or not np.issubdtype(a0.dtype, np.floating):
+                raise ValueError(f"actions[i] must be float (T, A) with T = {first.shape[0]} frames "
+                                 f"like video 0; got {a0.dtype} {a0.shape}")
         self.videos = videos
+        self.actions = actions
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -161,16 +176,33 @@ class VideoPipeline:
             out[j] = video[slot * self.seq_len : (slot + 1) * self.seq_len]
         return out
 
-    def batch_at(self, epoch: int, step: int) -> np.ndarray:
-        """This process's batch at `(epoch, step)`: `(batch_size, seq_len, H, W, C)` uint8."""
-        return self.read_windows(self.batch_windows(epoch, step))
+    def read_actions(self, windows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The actions of windows by id: `(len(windows), seq_len, A)` float32."""
+        if self.actions is None:
+            raise ValueError("this pipeline was built without actions")
+        video_ids, slots = np.divmod(np.asarray(windows, np.int64), self.windows_per_video)
+        rows = []
+        for v, slot in zip(video_ids.tolist(), slots.tolist(), strict=True):
+            a = np.asarray(self.actions[v], np.float32)
+            if a.shape[0] != self.video_length:
+                raise ValueError(f"actions[{v}] has {a.shape[0]} steps; video {v} has {self.video_length} frames")
+            rows.append(a[slot * self.seq_len : (slot + 1) * self.seq_len])
+        return np.stack(rows)
+
+    def batch_at(self, epoch: int, step: int) -> Batch:
+        """This process's batch at `(epoch, step)`: `(batch_size, seq_len, H, W, C)` uint8,
+        or with actions the pair `(frames, actions)`."""
+        windows = self.batch_windows(epoch, step)
+        if self.actions is None:
+            return self.read_windows(windows)
+        return self.read_windows(windows), self.read_actions(windows)
 
     # Iteration and its state.
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Batch]:
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self) -> Batch:
         position = (self._epoch, self._step)
         if self._done(position):
             raise StopIteration
@@ -192,9 +224,9 @@ class VideoPipeline:
         Raises:
           ValueError: if `state` came from a pipeline with other settings.
         """
-        mismatched = {
-            k: (state.get(k), v) for k, v in self._fingerprint().items() if state.get(k) != v
-        }
+        mine = self._fingerprint()
+        names = (set(mine) | set(state)) - {"epoch", "step"}
+        mismatched = {k: (state.get(k), mine.get(k)) for k in sorted(names) if state.get(k) != mine.get(k)}
         if mismatched:
             raise ValueError(
                 f"state is for other pipeline settings, (saved, current): {mismatched}"
@@ -222,6 +254,7 @@ class VideoPipeline:
             "seq_len": self.seq_len,
             "num_windows": self.num_windows,
             "global_batch_size": self.global_batch_size,
+            **({} if self.actions is None else {"actions": 1}),
         }
 
     def _done(self, position: tuple[int, int]) -> bool:
