@@ -1,12 +1,15 @@
 """Sharded training on fake CPU devices and two local processes (clockwork.parallel).
 
 Fake devices need ``XLA_FLAGS`` before JAX starts, so the checks run in subprocesses
-(``parallel_worker.py``) and the tests read their JSON.
+(``parallel_worker.py``) and the tests read their JSON. Each run happens once per
+session (:func:`once`), however xdist spreads its tests over the workers.
 """
 
+import fcntl
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,17 +51,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> pathlib.Path:
-    """The 8-device run (with its checkpoint and reference), then restores and 2 processes."""
-    out = tmp_path_factory.mktemp("parallel")
+def once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> pathlib.Path:
+    """The folder where ``build(folder)`` ran, once per test session: the first xdist
+    worker to ask runs it (under a file lock), the others wait and reuse its output."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this session
+    out = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / "done").touch()
+    return out
+
+
+def mesh_runs(out: pathlib.Path) -> None:
     finish(start("mesh", out, devices=8))
     port = str(free_port())
     workers = [start("restore", out, devices=1), start("restore", out, devices=4),
                *(start("distributed", out, port, str(i)) for i in range(2))]
     for worker in workers:
         finish(worker)
-    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> pathlib.Path:
+    """The 8-device run (with its checkpoint and reference), then restores and 2 processes."""
+    return once(tmp_path_factory, "parallel", mesh_runs)
 
 
 def read(out: pathlib.Path, name: str) -> dict:
@@ -127,8 +149,8 @@ def test_two_processes_train_like_one_on_the_combined_batch(runs):
 @pytest.fixture(scope="module")
 def cells_run(tmp_path_factory) -> dict:
     """Models with user cells on meshes of 1, 2 and 4 fake devices."""
-    out = tmp_path_factory.mktemp("cells")
-    finish(start("cells", out, devices=4), timeout=2 * TIMEOUT)
+    out = once(tmp_path_factory, "parallel_cells",
+               lambda out: finish(start("cells", out, devices=4), timeout=2 * TIMEOUT))
     return read(out, "cells")
 
 
