@@ -19,7 +19,9 @@ frames ``--num-samples`` times, streamed one top-level period at a time
   truth and kept samples (unless ``--no-save-grid``);
 - ``metrics.npz``, ``metrics.csv``, ``psnr.png``, ``ssim.png``: per predicted frame, the
   mean, standard deviation and percentiles over examples of the best sample's metric;
-- ``summary.json``: the settings, the mean metrics and the peak memory.
+- ``summary.json``: the settings, the mean metrics, those of two baselines on the same
+  frames (``copy_last``: the last context frame repeated; ``blank``: black frames) and
+  the peak memory.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def evaluate(
 
     all_psnr = np.empty((settings.num_examples, settings.num_samples, horizon), np.float32)
     all_ssim = np.empty_like(all_psnr)
+    base = {name: np.empty((settings.num_examples, 2, horizon), np.float32) for name in BASELINES}
     root = jax.random.key(settings.seed)
     for i in range(settings.num_examples):
         video = test[i]
@@ -202,6 +205,9 @@ def evaluate(
             all_psnr[i, first : first + count] = np.asarray(psnr(pred, truth))[:count]
             all_ssim[i, first : first + count] = np.asarray(ssim(pred, truth))[:count]
             preds.append(media.to_uint8(np.asarray(pred[:count])))
+        for name, guess in baselines(data.to_float(video[None]), ctx).items():
+            target = data.to_float(video[None, ctx:])
+            base[name][i] = np.stack([np.asarray(psnr(guess, target))[0], np.asarray(ssim(guess, target))[0]])
         write_example(outdir / "examples", i, video, ctx, np.concatenate(preds),
                       all_psnr[i], all_ssim[i], settings)
         print(f"example {i + 1}/{settings.num_examples}: PSNR {all_psnr[i].mean():.2f} "
@@ -216,6 +222,8 @@ def evaluate(
         "clip": settings.clip,
         "psnr": float(summary_curves["psnr_mean"].mean()),
         "ssim": float(summary_curves["ssim_mean"].mean()),
+        "baselines": {name: {"psnr": float(v[:, 0].mean()), "ssim": float(v[:, 1].mean())}
+                      for name, v in base.items()},
         "seconds": time.perf_counter() - started, **peak_memory(),
     }
     with fileio.replacing(outdir / "summary.json") as tmp:
@@ -223,7 +231,22 @@ def evaluate(
     memory = ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if k.startswith("peak_"))
     print(f"mean over {horizon} predicted frames: PSNR {summary['psnr']:.2f} dB, SSIM "
           f"{summary['ssim']:.4f}; {memory}; wrote {outdir}", flush=True)
+    for name, scores in summary["baselines"].items():
+        print(f"  baseline {name:9s}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}",
+              flush=True)
     return summary
+
+
+BASELINES = ("copy_last", "blank")
+"""Predictions without a model, scored like the model's: the last context frame
+repeated, and black frames."""
+
+
+def baselines(video: jax.Array, ctx: int) -> dict[str, jax.Array]:
+    """Each of :data:`BASELINES` for the frames after ``ctx`` of ``video (1, T, H, W, C)``."""
+    horizon = video.shape[1] - ctx
+    last = jnp.repeat(video[:, ctx - 1 : ctx], horizon, axis=1)
+    return {"copy_last": last, "blank": jnp.zeros_like(last)}
 
 
 def check_settings(

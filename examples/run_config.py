@@ -79,6 +79,8 @@ class TrainConfig:
         ``action_size: 2``), which the trainer and the evaluator feed to the model.
       generated_videos: training videos rendered when ``data_source`` is ``generated``
         or ``pushed``.
+      generated_digits, generated_speed: digits per generated Moving MNIST video and
+        their speed range in pixels per frame (``generated`` only).
       datadir: tfds data folder; ``None`` is tfds's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       seed: seeds the parameters, the training noise, the data order and the video noise.
@@ -104,6 +106,8 @@ class TrainConfig:
     dataset: str = "mmnist"
     data_source: str = "tfds"
     generated_videos: int = 1000
+    generated_digits: int = 2
+    generated_speed: tuple[float, float] = (2.0, 5.0)
     datadir: str | None = None
     seed: int = 0
     batch_size: int = 50
@@ -129,9 +133,13 @@ class TrainConfig:
             raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
         if self.data_source in ("generated", "pushed") and self.dataset != "mmnist":
             raise ValueError(f"data_source {self.data_source!r} is Moving MNIST only, not {self.dataset!r}")
+        low, high = self.generated_speed
+        if not 0.0 <= low <= high:
+            raise ValueError(f"generated_speed must be [low, high] with 0 <= low <= high, got "
+                             f"{list(self.generated_speed)}")
         _check_ints(
             self,
-            ("generated_videos", "batch_size", "seq_len", "num_steps", "log_every",
+            ("generated_videos", "generated_digits", "batch_size", "seq_len", "num_steps", "log_every",
              "ckpt_every", "keep", "video_examples"),
             ("seed", "keep_every", "video_every", "prefetch"),
         )

@@ -56,7 +56,8 @@ def train_videos(cfg: TrainConfig) -> tuple[data.VideoSource, Any]:
     """The training split and its actions (``None`` without); generated videos are
     ``cfg.seq_len`` frames long."""
     if cfg.data_source == "generated":
-        return data.generate_moving_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED), None
+        return data.generate_moving_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED,
+                                          **_generated(cfg)), None
     if cfg.data_source == "pushed":
         return data.generate_pushed_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED)
     return _tfds_split(cfg, "train"), None
@@ -66,12 +67,17 @@ def test_videos(cfg: TrainConfig, count: int, frames: int) -> Prefix:
     """The first ``count`` test videos, cut to ``frames`` frames (with their actions)."""
     actions = None
     if cfg.data_source == "generated":
-        videos = data.generate_moving_mnist(count, frames, GENERATED_SEED, digit_split="test")
+        videos = data.generate_moving_mnist(count, frames, GENERATED_SEED, digit_split="test",
+                                            **_generated(cfg))
     elif cfg.data_source == "pushed":
         videos, actions = data.generate_pushed_mnist(count, frames, GENERATED_SEED, digit_split="test")
     else:
         videos = _tfds_split(cfg, "test")
     return Prefix(videos, count, frames, actions)
+
+
+def _generated(cfg: TrainConfig) -> dict[str, Any]:
+    return {"num_digits": cfg.generated_digits, "speed_range": tuple(cfg.generated_speed)}
 
 
 def _tfds_split(cfg: TrainConfig, split: str) -> data.TfdsVideos:

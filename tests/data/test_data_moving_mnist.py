@@ -5,6 +5,7 @@ import pytest
 
 from clockwork.data import generate_moving_mnist, iter_moving_mnist, mnist_digits
 from clockwork.data import moving_mnist as mm
+from clockwork.data.moving_mnist import SPEED_RANGE, moving_mnist_plan
 
 
 def step_by_step(start: float, velocity: float, num_frames: int) -> np.ndarray:
@@ -122,3 +123,20 @@ def test_invalid_arguments():
         generate_moving_mnist(1, digit_split="validation")
     with pytest.raises(ValueError, match="num_frames"):
         generate_moving_mnist(1, num_frames=0)
+
+
+def test_one_digit_and_a_speed_range():
+    plan = moving_mnist_plan(50, 0, num_digits=1, speed_range=(1.0, 1.5))
+    assert plan.digit_ids.shape == (50, 1) and plan.start.shape == (50, 1, 2)
+    speed = np.linalg.norm(plan.velocity, axis=-1)
+    assert speed.min() >= 1.0 and speed.max() <= 1.5
+    one = generate_moving_mnist(4, 6, 0, num_digits=1)
+    two = generate_moving_mnist(4, 6, 0)
+    assert (one > 0).sum() < (two > 0).sum()  # one digit covers fewer pixels than two
+    # The default arguments draw what they always drew.
+    np.testing.assert_array_equal(generate_moving_mnist(3, 5, 1, num_digits=2, speed_range=SPEED_RANGE),
+                                  generate_moving_mnist(3, 5, 1))
+    with pytest.raises(ValueError, match="num_digits must be a positive int"):
+        moving_mnist_plan(2, num_digits=0)
+    with pytest.raises(ValueError, match="speed_range must be"):
+        moving_mnist_plan(2, speed_range=(3.0, 2.0))

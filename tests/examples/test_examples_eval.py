@@ -72,6 +72,14 @@ def test_eval_writes_examples_curves_and_summary(tmp_path, capsys):
     assert summary["num_samples"] == 3 and summary["sample_batch"] == 2
     assert summary["peak_rss_gib"] > 0
     assert summary["ssim"] == pytest.approx(float(metrics["ssim_mean"].mean()))
+    # Baselines on the same frames, against NumPy: the last context frame repeated, and
+    # black frames (PSNR = -10 log10(mean(x^2)) with a peak of 1).
+    truth = truth_videos[:, 2:] / np.float32(255)
+    blank = -10 * np.log10(np.mean(truth**2, axis=(2, 3, 4)))
+    copy = -10 * np.log10(np.mean((truth - truth_videos[:, 1:2] / np.float32(255)) ** 2, axis=(2, 3, 4)))
+    assert summary["baselines"]["blank"]["psnr"] == pytest.approx(float(blank.mean()), rel=1e-5)
+    assert summary["baselines"]["copy_last"]["psnr"] == pytest.approx(float(copy.mean()), rel=1e-5)
+    assert 0 < summary["baselines"]["blank"]["ssim"] < 1 and "baseline copy_last" in out
 
     # Defaults: the latest checkpoint, the config's context and eval_seq_len, one sample.
     summary = evaluator.evaluate(run, evaluator.EvalSettings(num_examples=1, save_grid=False))

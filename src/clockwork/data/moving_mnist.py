@@ -65,7 +65,12 @@ class MovingMnistPlan:
 
 
 def moving_mnist_plan(
-    num_videos: int, seed: int = 0, digit_split: DigitSplit = "train"
+    num_videos: int,
+    seed: int = 0,
+    digit_split: DigitSplit = "train",
+    *,
+    num_digits: int = NUM_DIGITS,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> MovingMnistPlan:
     """The random choices behind `generate_moving_mnist(num_videos, T, seed, digit_split=...)`.
 
@@ -77,12 +82,16 @@ def moving_mnist_plan(
         raise ValueError(f"num_videos must be >= 0, got {num_videos}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if isinstance(num_digits, bool) or not isinstance(num_digits, int) or num_digits < 1:
+        raise ValueError(f"num_digits must be a positive int, got {num_digits!r}")
+    low, high = speed_range
+    if not 0.0 <= low <= high:
+        raise ValueError(f"speed_range must be (low, high) with 0 <= low <= high, got {speed_range!r}")
     pool_size = len(mnist_digits(digit_split))
-    u = np.random.default_rng([seed, _SPLIT_CODE[digit_split]]).random((num_videos, NUM_DIGITS, 5))
+    u = np.random.default_rng([seed, _SPLIT_CODE[digit_split]]).random((num_videos, num_digits, 5))
     digit_ids = np.minimum((u[..., 0] * pool_size).astype(np.int64), pool_size - 1)
     start = u[..., 1:3] * LIMIT
     angle = u[..., 3] * 2.0 * np.pi
-    low, high = SPEED_RANGE
     speed = low + (high - low) * u[..., 4]
     velocity = speed[..., None] * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
     return MovingMnistPlan(digit_ids, start, velocity)
@@ -107,8 +116,8 @@ def bouncing_positions(start: np.ndarray, velocity: np.ndarray, num_frames: int)
 
 
 def plan_positions(plan: MovingMnistPlan, num_frames: int) -> np.ndarray:
-    """Top-left pixel (row, col) of each digit in each frame: `(N, T, 2, 2)` int64."""
-    positions = bouncing_positions(plan.start, plan.velocity, num_frames)  # (N, 2, 2, T)
+    """Top-left pixel (row, col) of each digit in each frame: `(N, T, D, 2)` int64."""
+    positions = bouncing_positions(plan.start, plan.velocity, num_frames)  # (N, D, 2, T)
     return np.rint(positions).astype(np.int64).transpose(0, 3, 1, 2)
 
 
@@ -207,6 +216,8 @@ def iter_moving_mnist(
     *,
     digit_split: DigitSplit = "train",
     chunk_frames: int = 200_000,
+    num_digits: int = NUM_DIGITS,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> Iterator[np.ndarray]:
     """Yields the videos of `generate_moving_mnist` in chunks of `(n, T, 64, 64, 1)` uint8.
 
@@ -216,7 +227,8 @@ def iter_moving_mnist(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     digits = mnist_digits(digit_split)
-    plan = moving_mnist_plan(num_videos, seed, digit_split)
+    plan = moving_mnist_plan(num_videos, seed, digit_split, num_digits=num_digits,
+                             speed_range=speed_range)
     per_chunk = max(1, chunk_frames // num_frames)
     for begin in range(0, num_videos, per_chunk):
         yield render(plan[begin : begin + per_chunk], num_frames, digits)
@@ -228,6 +240,8 @@ def generate_moving_mnist(
     seed: int = 0,
     *,
     digit_split: DigitSplit = "train",
+    num_digits: int = NUM_DIGITS,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> np.ndarray:
     """Generates Moving MNIST videos: `(num_videos, num_frames, 64, 64, 1)` uint8.
 
@@ -237,13 +251,16 @@ def generate_moving_mnist(
         `moving_mnist_2digit`).
       seed: non-negative int; the same `(seed, digit_split)` gives the same videos.
       digit_split: which shipped digits to draw from ('train': 1600, 'test': 400 others).
+      num_digits: digits per video (2, as in the dataset).
+      speed_range: pixels per frame, uniform in `(low, high)` (`SPEED_RANGE`, 2 to 5).
 
     Example:
       >>> videos = generate_moving_mnist(3, num_frames=10, seed=0)
       >>> videos.shape, videos.dtype
       ((3, 10, 64, 64, 1), dtype('uint8'))
     """
-    chunks = list(iter_moving_mnist(num_videos, num_frames, seed, digit_split=digit_split))
+    chunks = list(iter_moving_mnist(num_videos, num_frames, seed, digit_split=digit_split,
+                                    num_digits=num_digits, speed_range=speed_range))
     if not chunks:
         return np.zeros((0, num_frames, FRAME_SIZE, FRAME_SIZE, 1), np.uint8)
     return np.concatenate(chunks)
