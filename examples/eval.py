@@ -206,8 +206,8 @@ def evaluate(
             all_ssim[i, first : first + count] = np.asarray(ssim(pred, truth))[:count]
             preds.append(media.to_uint8(np.asarray(pred[:count])))
         for name, guess in baselines(data.to_float(video[None]), ctx).items():
-            target = data.to_float(video[None, ctx:])
-            base[name][i] = np.stack([np.asarray(psnr(guess, target))[0], np.asarray(ssim(guess, target))[0]])
+            base[name][i] = np.stack([np.asarray(psnr(guess, truth[:1]))[0],
+                                      np.asarray(ssim(guess, truth[:1]))[0]])
         write_example(outdir / "examples", i, video, ctx, np.concatenate(preds),
                       all_psnr[i], all_ssim[i], settings)
         print(f"example {i + 1}/{settings.num_examples}: PSNR {all_psnr[i].mean():.2f} "
