@@ -168,7 +168,7 @@ def evaluate(
     if settings.datadir is not None:
         train_cfg = dataclasses.replace(train_cfg, datadir=settings.datadir)
     if videos is None:
-        test = sources.test_videos(train_cfg, settings.num_examples, length)
+        test = sources.test_videos(train_cfg, config.model, settings.num_examples, length)
     else:
         test = sources.Prefix(videos, settings.num_examples, length)
 

@@ -51,7 +51,7 @@ from clockwork.config import LossConfig, ModelConfig, OptimConfig, SpeedConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 DATASETS = {"mmnist": 1, "mazes": 3, "minerl": 3}  # dataset -> channels
-DATA_SOURCES = ("tfds", "generated", "pushed")
+DATA_SOURCES = ("tfds", "generated", "pushed", "folder")
 ACTION_SIZES = {"pushed": 2}  # data source -> size of its actions (others have none)
 IMPORTS = "imports"
 
@@ -71,12 +71,22 @@ class TrainConfig:
     """Everything the trainer needs besides the model, the loss and the optimiser.
 
     Attributes:
-      dataset: ``mmnist``, ``mazes`` or ``minerl``.
+      dataset: ``mmnist``, ``mazes`` or ``minerl`` (not read by the ``folder`` source).
       data_source: ``tfds`` reads the prepared tfds dataset from ``datadir`` (Moving MNIST
         falls back to the generated config when its archive is missing); ``generated``
         renders Moving MNIST in memory (``mmnist`` only); ``pushed`` renders one digit
         moved by 2-d actions (``clockwork.data.generate_pushed_mnist``; the model needs
-        ``action_size: 2``), which the trainer and the evaluator feed to the model.
+        ``action_size: 2``), which the trainer and the evaluator feed to the model;
+        ``folder`` reads your own videos from ``video_dir``
+        (:class:`clockwork.data.VideoFolder`), with ``model.channels`` channels and
+        frames of ``model.frame_size``.
+      video_dir: the folder of video files and arrays (``folder`` only, and needed there).
+      test_fraction: share of the folder's videos in its test split, which the videos
+        and the evaluator use.
+      resize: resize the folder's frames to ``model.frame_size`` (area filter); without
+        it they must have that size.
+      video_cache: a folder where decoded videos are kept (memory-mapped ``.npy``), so
+        each video file is decoded once; ``None`` decodes on every read.
       generated_videos: training videos rendered when ``data_source`` is ``generated``
         or ``pushed``.
       generated_digits, generated_speed: digits per generated Moving MNIST video and
@@ -109,6 +119,10 @@ class TrainConfig:
     generated_digits: int = 2
     generated_speed: tuple[float, float] = (2.0, 5.0)
     datadir: str | None = None
+    video_dir: str | None = None
+    test_fraction: float = 0.1
+    resize: bool = False
+    video_cache: str | None = None
     seed: int = 0
     batch_size: int = 50
     seq_len: int = 100
@@ -133,6 +147,12 @@ class TrainConfig:
             raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
         if self.data_source in ("generated", "pushed") and self.dataset != "mmnist":
             raise ValueError(f"data_source {self.data_source!r} is Moving MNIST only, not {self.dataset!r}")
+        if (self.data_source == "folder") != (self.video_dir is not None):
+            raise ValueError("data_source 'folder' needs video_dir, and video_dir needs "
+                             f"data_source 'folder' (got data_source {self.data_source!r}, "
+                             f"video_dir {self.video_dir!r})")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
         low, high = self.generated_speed
         if not 0.0 <= low <= high:
             raise ValueError(f"generated_speed must be [low, high] with 0 <= low <= high, got "
@@ -186,7 +206,7 @@ for _section, _cls in SECTIONS.items():
 
 RESUMABLE_CHANGES = frozenset(
     {"num_steps", "log_every", "ckpt_every", "keep", "keep_every", "video_every",
-     "video_examples", "prefetch", "datadir", "wandb", "wandb_project", "mesh"}
+     "video_examples", "prefetch", "datadir", "video_cache", "wandb", "wandb_project", "mesh"}
 )
 """Trainer fields that may differ when a run is resumed: none changes the trajectory
 (``mesh`` only up to float32 rounding)."""
@@ -237,7 +257,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         m, t, e = self.model, self.train, self.eval
-        if m.channels != DATASETS[t.dataset]:
+        if t.data_source != "folder" and m.frame_size != (64, 64):
+            raise ValueError(f"dataset {t.dataset!r} has 64x64 frames, but the model has "
+                             f"frame_size={list(m.frame_size)}; other sizes need data_source "
+                             f"'folder' (your own videos)")
+        if t.data_source != "folder" and m.channels != DATASETS[t.dataset]:
             raise ValueError(
                 f"dataset {t.dataset!r} has {DATASETS[t.dataset]} channel(s), but the model "
                 f"has channels={m.channels}"

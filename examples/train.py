@@ -269,8 +269,8 @@ def load_videos(
     t = config.train
     actions = None
     if videos is None:
-        train_src, actions = sources.train_videos(t)
-        val_src = sources.test_videos(t, t.video_examples, t.seq_len) if t.video_every else None
+        train_src, actions = sources.train_videos(t, config.model)
+        val_src = sources.test_videos(t, config.model, t.video_examples, t.seq_len) if t.video_every else None
     else:
         train_src = videos[0]
         val_src = sources.Prefix(videos[1], t.video_examples, t.seq_len) if t.video_every else None

@@ -25,15 +25,22 @@ def blocks(page: str) -> list[tuple[str, str | None]]:
     return out
 
 
-
-def test_write_your_own_cell_page_runs(clean_registry):
-    page = (DOCS / "write_your_own_cell.md").read_text()
-    code = blocks(page)
-    assert len(code) >= 5
+def run_page(name: str, min_blocks: int) -> None:
+    """Runs the page's python blocks in one namespace; each printed output must match."""
+    code = blocks((DOCS / name).read_text())
+    assert len(code) >= min_blocks
     namespace: dict = {"__name__": "docs_example"}
     for i, (text, expected) in enumerate(code):
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            exec(compile(text, f"write_your_own_cell.md block {i}", "exec"), namespace)  # noqa: S102
+            exec(compile(text, f"{name} block {i}", "exec"), namespace)  # noqa: S102
         if expected is not None:
-            assert printed.getvalue() == expected, f"block {i}"
+            assert printed.getvalue() == expected, f"{name} block {i}"
+
+
+def test_write_your_own_cell_page_runs(clean_registry):
+    run_page("write_your_own_cell.md", 5)
+
+
+def test_own_video_page_runs():
+    run_page("own_videos.md", 6)

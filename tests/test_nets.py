@@ -14,9 +14,10 @@ def count(module) -> int:
 
 
 def reference_decoder(dec: ConvDecoder, features: jax.Array) -> jax.Array:
-    """SPEC section 5 with Flax's own ConvTranspose layers holding the same weights."""
+    """The decoder (docs/model.md#decoder) with Flax's own ConvTranspose layers holding
+    the same weights."""
     x = features.reshape(-1, features.shape[-1]) @ dec.dense.kernel[...] + dec.dense.bias[...][None]
-    x = x.reshape(-1, 1, 1, x.shape[-1])
+    x = x.reshape(-1, *dec.grid, dec.grid_channels)
     for i, conv in enumerate(dec.convs):
         k = conv.kernel[...]
         layer = nnx.ConvTranspose(k.shape[2], k.shape[3], k.shape[:2], strides=2, padding="VALID",
@@ -24,7 +25,7 @@ def reference_decoder(dec: ConvDecoder, features: jax.Array) -> jax.Array:
         layer.kernel[...] = k
         layer.bias[...] = conv.bias[...]
         x = layer(x)
-        x = leaky_relu(x) if i < 3 else jnp.tanh(x)
+        x = leaky_relu(x) if i + 1 < len(dec.convs) else jnp.tanh(x)
     return x
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from clockwork.cells.registry import resolve
 from clockwork.hierarchy.clock import Clock
 from clockwork.losses.elbo import FREE_BITS, KL_BALANCE, check_kl_options
-from clockwork.nets import CONV_IMPLS
+from clockwork.nets import CONV_IMPLS, FRAME_SIZE, conv_layout
 from clockwork.training import COMPUTE_DTYPES
 
 CellOptions = dict[str, Any]
@@ -69,6 +69,9 @@ class ModelConfig(_Replace):
     """The architecture of a CW-VAE.
 
     Attributes:
+      frame_size: ``(H, W)`` of the frames; the conv stacks' shapes follow from it
+        (:func:`clockwork.nets.conv_layout`: sides multiples of 16 from 64, or of 8
+        from 32 when a side is below 64).
       channels: image channels ``C``.
       levels: number of levels ``L``.
       temporal_factor: the paper's factor ``k`` between all levels, used when
@@ -90,6 +93,7 @@ class ModelConfig(_Replace):
       enc_dense_layers, enc_dense_embed_size: the encoder's per-level dense stacks.
     """
 
+    frame_size: tuple[int, int] = FRAME_SIZE
     channels: int = 1
     levels: int = 3
     temporal_factor: int = 6
@@ -103,6 +107,8 @@ class ModelConfig(_Replace):
     enc_dense_embed_size: int = 1000
 
     def __post_init__(self) -> None:
+        conv_layout(self.frame_size)  # names the size and the nearest sizes that work
+        object.__setattr__(self, "frame_size", tuple(self.frame_size))
         for name in ("channels", "levels", "channel_mult", "filters", "enc_dense_embed_size"):
             _int(name, getattr(self, name), 1)
         for name in ("enc_dense_layers", "action_size"):

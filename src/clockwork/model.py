@@ -153,7 +153,7 @@ class CWVAE(nnx.Module):
         speed = SpeedConfig() if speed is None else speed
         clock = config.clock
         encoder = ConvEncoder(
-            clock, channels=config.channels, channel_mult=config.channel_mult,
+            clock, frame_size=config.frame_size, channels=config.channels, channel_mult=config.channel_mult,
             filters=config.filters, dense_layers=config.enc_dense_layers,
             dense_embed_size=config.enc_dense_embed_size, conv_impl=speed.conv_impl, rngs=rngs,
         )
@@ -162,7 +162,7 @@ class CWVAE(nnx.Module):
             action_size=config.action_size, remat=speed.remat, rngs=rngs,
         )
         decoder = ConvDecoder(
-            hierarchy.cells[0].feature_size, channels=config.channels,
+            hierarchy.cells[0].feature_size, frame_size=config.frame_size, channels=config.channels,
             channel_mult=config.channel_mult, filters=config.filters,
             conv_impl=speed.conv_impl, rngs=rngs,
         )

@@ -1,6 +1,8 @@
 """Convolutional encoder and decoder of CW-VAE (docs/model.md#encoder, #decoder).
 
-Frames are ``(B, T, 64, 64, C)``; every conv acts per frame. Kernels are ``HWIO``; the
+Frames are ``(B, T, H, W, C)``, 64x64 in the paper; every conv acts per frame. The
+stacks' shapes follow from the frame size (:func:`conv_layout`, docs/model.md#frame-sizes).
+Kernels are ``HWIO``; the
 transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspose``).
 ``conv_impl="fast"`` (default) computes the same arithmetic as matrix products
 (:mod:`clockwork.convops`), far faster on the CPU; ``"lax"`` is the plain reference.
@@ -12,7 +14,7 @@ import functools
 import math
 from collections.abc import Callable
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,9 @@ glorot = nnx.initializers.glorot_uniform()
 
 ENCODER_KERNELS = (4, 4, 4, 4)
 DECODER_KERNELS = (5, 5, 6, 6)
-FRAME_SIZE = 64
+FRAME_SIZE = (64, 64)
+"""The paper's frame size ``(H, W)``, the default of the conv stacks."""
+MIN_SIDE = 32
 ConvImpl = Literal["fast", "lax"]
 CONV_IMPLS = ("fast", "lax")
 
@@ -54,17 +58,74 @@ class _Conv(nnx.Module):
         return convops.conv2d(x, w, b, impl="matmul" if self.impl == "fast" else "lax")
 
 
-def embed_size(filters: int = 32, channel_mult: int = 1) -> int:
-    """Size of the flattened conv features: ``2 * 2 * 8 * filters * channel_mult``."""
-    return 32 * filters * channel_mult
+class ConvLayout(NamedTuple):
+    """The conv stacks' shapes for one frame size (see :func:`conv_layout`)."""
+
+    depth: int
+    """Stride-2 layers in each stack: 4 (the paper's), or 3 when a side is below 64."""
+    encoder_out: tuple[int, int]
+    """``(h, w)`` of the encoder's last feature map."""
+    decoder_in: tuple[int, int]
+    """``(h, w)`` of the grid the decoder's dense layer is reshaped to."""
+
+
+def conv_layout(frame_size: tuple[int, int]) -> ConvLayout:
+    """The conv stacks' depth and feature-map sizes for frames of ``frame_size``.
+
+    Both sides at least 64: the paper's four stride-2 layers, and each side a multiple
+    of 16; otherwise three layers, and each side a multiple of 8 from 32. The encoder's
+    VALID kernel-4 convs map a side ``s`` to ``(s - 4) // 2 + 1``; the decoder's
+    transposed convs (the last ``depth`` of kernels 5, 5, 6, 6) grow ``s / 2**depth - 3``
+    back to exactly ``s``.
+
+    Raises:
+      ValueError: naming the size and the nearest sizes that work.
+
+    >>> conv_layout((64, 64))
+    ConvLayout(depth=4, encoder_out=(2, 2), decoder_in=(1, 1))
+    >>> conv_layout((32, 48))
+    ConvLayout(depth=3, encoder_out=(2, 4), decoder_in=(1, 3))
+    """
+    if (not isinstance(frame_size, (tuple, list)) or len(frame_size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in frame_size)):
+        raise ValueError(f"frame_size must be (height, width) integers, got {frame_size!r}")
+    sides = tuple(frame_size)
+    for s in sides:
+        if s < MIN_SIDE:
+            raise ValueError(f"frame_size {sides}: a side of {s} is too small; the conv stacks "
+                             f"need sides of at least {MIN_SIDE} (32, 40, 48, ... or 64, 80, 96, ...)")
+    depth = 4 if min(sides) >= 64 else 3
+    step = 2**depth
+    for s in sides:
+        if s % step:
+            low, high = s - s % step, s - s % step + step
+            rule = ("both sides >= 64 need multiples of 16" if depth == 4
+                    else "with a side below 64, sides need multiples of 8 from 32")
+            raise ValueError(f"frame_size {sides}: a side of {s} does not fit the conv stacks "
+                             f"({rule}); the nearest sides that work are {low} and {high}")
+    encoder_out = []
+    for s in sides:
+        for _ in range(depth):
+            s = (s - ENCODER_KERNELS[0]) // 2 + 1
+        encoder_out.append(s)
+    return ConvLayout(depth, tuple(encoder_out), tuple(s // step - 3 for s in sides))
+
+
+def embed_size(filters: int = 32, channel_mult: int = 1, frame_size: tuple[int, int] = FRAME_SIZE) -> int:
+    """Size of the encoder's flattened conv features: ``2 * 2 * 8 * filters * channel_mult``
+    at 64x64, ``h * w * 2**(depth - 1) * filters * channel_mult`` in general."""
+    layout = conv_layout(frame_size)
+    h, w = layout.encoder_out
+    return h * w * 2 ** (layout.depth - 1) * filters * channel_mult
 
 
 class ConvEncoder(nnx.Module):
     """Per-frame conv stack, chained per-level dense stacks, merged through the clock.
 
-    ``h0 = flatten(conv4(...conv1(x)))`` with channels ``f*m, 2f*m, 4f*m, 8f*m``; level
+    ``h0 = flatten(conv4(...conv1(x)))`` with channels ``f*m, 2f*m, 4f*m, 8f*m`` (three
+    layers for frames with a side below 64, see :func:`conv_layout`); level
     ``l >= 1`` maps ``h(l-1)`` per frame through ``dense_layers - 1`` hidden layers of
-    ``dense_embed_size`` and a linear layer back to ``32 f m`` (no stack when
+    ``dense_embed_size`` and a linear layer back to ``embed_size`` (no stack when
     ``dense_layers == 0``); level ``l`` then sums blocks of ``P_l`` frames.
     """
 
@@ -72,6 +133,7 @@ class ConvEncoder(nnx.Module):
         self,
         clock: Clock,
         *,
+        frame_size: tuple[int, int] = FRAME_SIZE,
         channels: int = 1,
         channel_mult: int = 1,
         filters: int = 32,
@@ -86,16 +148,18 @@ class ConvEncoder(nnx.Module):
             raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
         if dense_layers < 0:
             raise ValueError(f"dense_layers must be >= 0, got {dense_layers}")
+        layout = conv_layout(frame_size)
         self.clock = clock
         self.channels = channels
-        self.frame_shape = (FRAME_SIZE, FRAME_SIZE, channels)
+        self.frame_shape = (*frame_size, channels)
         self.activation = activation
         self.dense_activation = dense_activation
-        widths = [channels] + [filters * channel_mult * 2**i for i in range(4)]
+        widths = [channels] + [filters * channel_mult * 2**i for i in range(layout.depth)]
+        kernels = ENCODER_KERNELS[-layout.depth:]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, False, conv_impl, rngs) for i, k in enumerate(ENCODER_KERNELS)]
+            [_Conv(widths[i], widths[i + 1], k, False, conv_impl, rngs) for i, k in enumerate(kernels)]
         )
-        self.embed_size = embed_size(filters, channel_mult)
+        self.embed_size = embed_size(filters, channel_mult, frame_size)
         stacks = []
         for _ in range(1, clock.levels):
             sizes = [self.embed_size] + [dense_embed_size] * (dense_layers - 1) + [self.embed_size]
@@ -104,7 +168,7 @@ class ConvEncoder(nnx.Module):
         self.stacks = nnx.List(stacks)
 
     def frame_features(self, frames: jax.Array) -> jax.Array:
-        """``(..., 64, 64, C) -> (..., 32 f m)``: the conv stack, per frame."""
+        """``(..., H, W, C) -> (..., embed_size)``: the conv stack, per frame."""
         lead = frames.shape[:-3]
         x = frames.reshape(-1, *frames.shape[-3:])
         for conv in self.convs:
@@ -114,7 +178,7 @@ class ConvEncoder(nnx.Module):
     def __call__(
         self, frames: jax.Array, *, chunk: int | None = None, remat: bool = False
     ) -> list[jax.Array]:
-        """``(B, T, 64, 64, C)`` -> per level ``(B, ceil(T / P_l), 32 f m)``.
+        """``(B, T, H, W, C)`` -> per level ``(B, ceil(T / P_l), embed_size)``.
 
         With ``chunk`` the conv stack runs over chunks of that many frames (the last
         zero-padded), the same numbers in bounded memory; with ``remat`` too, each chunk
@@ -140,14 +204,17 @@ class ConvDecoder(nnx.Module):
     """``Dense(32 f m)``, reshape to ``1x1``, four stride-2 transposed convs to 64x64.
 
     Channels ``4f*m, 2f*m, f*m, C`` with kernels ``5, 5, 6, 6`` (sizes 5, 13, 30, 64);
-    ``activation`` after the first three, ``out_activation`` (tanh) after the last. The
-    result is the mean of a per-pixel Normal.
+    ``activation`` after each but the last, ``out_activation`` (tanh) after the last. The
+    result is the mean of a per-pixel Normal. Other frame sizes (:func:`conv_layout`):
+    the dense layer gives ``h x w x 32 f m`` for the layout's ``decoder_in``, and with
+    three layers the channels are ``2f*m, f*m, C`` and the kernels ``5, 6, 6``.
     """
 
     def __init__(
         self,
         feature_size: int,
         *,
+        frame_size: tuple[int, int] = FRAME_SIZE,
         channels: int = 1,
         channel_mult: int = 1,
         filters: int = 32,
@@ -156,22 +223,28 @@ class ConvDecoder(nnx.Module):
         conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
+        layout = conv_layout(frame_size)
         self.channels = channels
-        self.frame_shape = (FRAME_SIZE, FRAME_SIZE, channels)
+        self.frame_shape = (*frame_size, channels)
         self.feature_size = feature_size
         self.activation = activation
         self.out_activation = out_activation
-        size = embed_size(filters, channel_mult)
-        self.dense = nnx.Linear(feature_size, size, kernel_init=glorot, rngs=rngs)
-        widths = [size] + [filters * channel_mult * 2**i for i in (2, 1, 0)] + [channels]
+        self.grid = layout.decoder_in
+        self.grid_channels = 32 * filters * channel_mult
+        self.dense = nnx.Linear(
+            feature_size, math.prod(self.grid) * self.grid_channels, kernel_init=glorot, rngs=rngs
+        )
+        inner = [filters * channel_mult * 2**i for i in reversed(range(layout.depth - 1))]
+        widths = [self.grid_channels, *inner, channels]
+        kernels = DECODER_KERNELS[-layout.depth:]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, True, conv_impl, rngs) for i, k in enumerate(DECODER_KERNELS)]
+            [_Conv(widths[i], widths[i + 1], k, True, conv_impl, rngs) for i, k in enumerate(kernels)]
         )
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        """``(..., F) -> (..., 64, 64, C)``."""
+        """``(..., F) -> (..., H, W, C)``."""
         lead = features.shape[:-1]
-        x = self.dense(features).reshape(-1, 1, 1, self.dense.out_features)
+        x = self.dense(features).reshape(-1, *self.grid, self.grid_channels)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             x = self.activation(x) if i + 1 < len(self.convs) else self.out_activation(x)

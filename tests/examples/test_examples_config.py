@@ -127,7 +127,7 @@ def test_resume_needs_no_config(tmp_path):
     (["--keep_every", "7000"], "keep_every (7000) must be a multiple of ckpt_every (5000)"),
     (["--dataset", "kth"], "dataset must be one of ['mazes', 'minerl', 'mmnist'], got 'kth'"),
     (["--dataset", "mazes"], "dataset 'mazes' has 3 channel(s), but the model has channels=1"),
-    (["--data_source", "web"], "data_source must be one of ('tfds', 'generated', 'pushed')"),
+    (["--data_source", "web"], "data_source must be one of ('tfds', 'generated', 'pushed', 'folder')"),
     (["--video_examples", "51"], "video_examples (51) must not exceed batch_size (50)"),
     (["--open_loop_ctx", "30"],
      "invalid config: open_loop_ctx=30 must be a non-negative multiple of the top period 36"),

@@ -1,8 +1,11 @@
 """Input pipeline: windows of `seq_len` frames, seeded shuffle, batches, epochs; resumable.
 
 Every video of T frames is cut into `T // seq_len` consecutive, non-overlapping windows
-(the remainder is dropped: 500 frames -> 5 x 100). Window `w` is frames
+(the remainder is dropped: 500 frames -> 5 x 100), so no window crosses a video's end.
+Windows are numbered video by video: with videos of equal length, window `w` is frames
 `[(w % k) * seq_len, (w % k + 1) * seq_len)` of video `w // k`, with `k = T // seq_len`.
+A source with a `lengths` attribute may hold videos of different lengths; those shorter
+than `seq_len` give no window and are counted in a logged warning.
 
 Epoch `e` visits the windows in the order `default_rng([seed, e]).permutation(n)` (or
 `0..n-1` without shuffling). The order is cut into global batches of
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -27,13 +31,15 @@ PipelineState = dict[str, int]
 Batch = np.ndarray | tuple[np.ndarray, np.ndarray]
 """Frames ``(B, seq_len, H, W, C)`` uint8, or ``(frames, actions (B, seq_len, A))``."""
 _Pending = tuple[tuple[int, int], concurrent.futures.Future[Batch]]  # (epoch, step), batch
+_log = logging.getLogger(__name__)
 
 
 class VideoSource(Protocol):
-    """Random access to N videos of equal length: `source[i]` is `(T, H, W, C)` uint8.
+    """Random access to N videos: `source[i]` is `(T, H, W, C)` uint8.
 
-    A uint8 array `(N, T, H, W, C)` (in memory or `np.memmap`) is one; so is
-    `TfdsVideos`.
+    A uint8 array `(N, T, H, W, C)` (in memory or `np.memmap`) is one; so are
+    `TfdsVideos` and `VideoFolder`. Without a `lengths` attribute (frames per video,
+    known without reading the videos) every video must be as long as video 0.
     """
 
     def __len__(self) -> int: ...
@@ -45,7 +51,8 @@ class VideoPipeline:
     """Iterates uint8 batches `(batch_size, seq_len, H, W, C)` of windows cut from videos.
 
     Args:
-      videos: the videos (see `VideoSource`); all must have the same length T.
+      videos: the videos (see `VideoSource`): all of one length T, or of the lengths
+        given by their `lengths` attribute.
       seq_len: frames per window; `T // seq_len` windows per video.
       batch_size: windows per batch on this process.
       seed: shuffling seed (non-negative); equal seeds give equal batches.
@@ -100,6 +107,12 @@ class VideoPipeline:
         first = videos[0]
         if first.dtype != np.uint8 or first.ndim != 4:
             raise TypeError(f"videos must be uint8 (T, H, W, C); got {first.dtype} {first.shape}")
+        lengths = getattr(videos, "lengths", None)
+        self.lengths = np.full(len(videos), first.shape[0], np.int64) if lengths is None else (
+            np.asarray(lengths, np.int64))
+        if self.lengths.shape != (len(videos),) or self.lengths[0] != first.shape[0]:
+            raise ValueError(f"videos.lengths must give one length per video ({len(videos)}) "
+                             f"and match video 0's {first.shape[0]} frames")
         if actions is not None:
             if len(actions) != len(videos):
                 raise ValueError(f"actions are given for {len(actions)} videos, but there are {len(videos)}")
@@ -114,15 +127,19 @@ class VideoPipeline:
         self.seed = seed
         self.shuffle = shuffle
         self.num_epochs = num_epochs
-        self.video_length = first.shape[0]
         self.frame_shape: tuple[int, ...] = tuple(first.shape[1:])
-        self.windows_per_video = self.video_length // seq_len
-        self.num_windows = len(videos) * self.windows_per_video
+        self.windows_per_video = self.lengths // seq_len
+        self._first_window = np.concatenate([[0], np.cumsum(self.windows_per_video)])
+        self.num_windows = int(self._first_window[-1])
+        self.skipped = int(np.sum(self.windows_per_video == 0))  # shorter than a window
+        if self.skipped:
+            _log.warning("%d of %d videos are shorter than seq_len=%d frames and give no window",
+                         self.skipped, len(videos), seq_len)
         self.global_batch_size = batch_size * self.process_count
         self.steps_per_epoch = self.num_windows // self.global_batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{len(videos)} videos of {self.video_length} frames give {self.num_windows} "
+                f"{len(videos)} videos of {_describe(self.lengths)} frames give {self.num_windows} "
                 f"windows of {seq_len}, fewer than one global batch of {self.global_batch_size}"
             )
         self._epoch = 0
@@ -159,19 +176,26 @@ class VideoPipeline:
         begin = (step * self.process_count + self.process_index) * self.batch_size
         return self.window_order(epoch)[begin : begin + self.batch_size]
 
+    def locate(self, windows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(video ids, window slots)`` of windows by id: window ``w`` is frames
+        ``[slot * seq_len, (slot + 1) * seq_len)`` of its video."""
+        windows = np.asarray(windows, np.int64)
+        video_ids = np.searchsorted(self._first_window, windows, side="right") - 1
+        return video_ids, windows - self._first_window[video_ids]
+
     def read_windows(self, windows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Reads windows by id: `(len(windows), seq_len, H, W, C)` uint8."""
-        video_ids, slots = np.divmod(np.asarray(windows, np.int64), self.windows_per_video)
+        video_ids, slots = self.locate(windows)
         loaded: dict[int, np.ndarray] = {}  # a video read once serves all its windows
         out = np.empty((len(video_ids), self.seq_len, *self.frame_shape), np.uint8)
         for j, (v, slot) in enumerate(zip(video_ids.tolist(), slots.tolist(), strict=True)):
             video = loaded.get(v)
             if video is None:
                 video = loaded[v] = self.videos[v]
-            if video.shape != (self.video_length, *self.frame_shape):
+            if video.shape != (self.lengths[v], *self.frame_shape):
                 raise ValueError(
-                    f"video {v} has shape {video.shape}; the pipeline needs every video to be "
-                    f"{(self.video_length, *self.frame_shape)} like video 0"
+                    f"video {v} has shape {video.shape}; the pipeline expected "
+                    f"{(int(self.lengths[v]), *self.frame_shape)} (its length; video 0's frames)"
                 )
             out[j] = video[slot * self.seq_len : (slot + 1) * self.seq_len]
         return out
@@ -180,12 +204,12 @@ class VideoPipeline:
         """The actions of windows by id: `(len(windows), seq_len, A)` float32."""
         if self.actions is None:
             raise ValueError("this pipeline was built without actions")
-        video_ids, slots = np.divmod(np.asarray(windows, np.int64), self.windows_per_video)
+        video_ids, slots = self.locate(windows)
         rows = []
         for v, slot in zip(video_ids.tolist(), slots.tolist(), strict=True):
             a = np.asarray(self.actions[v], np.float32)
-            if a.shape[0] != self.video_length:
-                raise ValueError(f"actions[{v}] has {a.shape[0]} steps; video {v} has {self.video_length} frames")
+            if a.shape[0] != self.lengths[v]:
+                raise ValueError(f"actions[{v}] has {a.shape[0]} steps; video {v} has {self.lengths[v]} frames")
             rows.append(a[slot * self.seq_len : (slot + 1) * self.seq_len])
         return np.stack(rows)
 
@@ -274,3 +298,8 @@ class VideoPipeline:
     def _cancel(self) -> None:
         while self._pending:
             self._pending.popleft()[1].cancel()
+
+
+def _describe(lengths: np.ndarray) -> str:
+    low, high = int(lengths.min()), int(lengths.max())
+    return str(low) if low == high else f"{low} to {high}"
