@@ -1,21 +1,29 @@
 # Two entry points on a fresh machine with Python >= 3.11 and make:
 #   make demo   -- create .venv, install, train a small CW-VAE on generated Moving MNIST
 #   make test   -- create .venv, install with test extras, run the test suite
+#   make docs   -- build the documentation site into build/site (make docs SERVE=1 serves it)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv install test demo bench clean
+.PHONY: venv install test demo docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev,data,examples]"
+	$(BIN)/pip install -q -e ".[dev,data,examples,docs]"
 
 demo: install
 	$(BIN)/python examples/train.py --config demo --logdir runs/demo
+
+docs: install
+ifdef SERVE
+	$(BIN)/mkdocs serve
+else
+	$(BIN)/mkdocs build --strict
+endif
 
 test: install
 	$(BIN)/python -m pytest -n 2 -q

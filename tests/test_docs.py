@@ -6,6 +6,8 @@ import io
 import pathlib
 import re
 
+import jax
+
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
@@ -26,13 +28,16 @@ def blocks(page: str) -> list[tuple[str, str | None]]:
 
 
 def run_page(name: str, min_blocks: int) -> None:
-    """Runs the page's python blocks in one namespace; each printed output must match."""
+    """Runs the page's python blocks in one namespace; each printed output must match.
+
+    The pages run under JAX's default (standard) dtype promotion, as a reader's code
+    does, not under the suite's strict one (optax's Adam, for one, needs standard)."""
     code = blocks((DOCS / name).read_text())
     assert len(code) >= min_blocks
     namespace: dict = {"__name__": "docs_example"}
     for i, (text, expected) in enumerate(code):
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), jax.numpy_dtype_promotion("standard"):
             exec(compile(text, f"{name} block {i}", "exec"), namespace)  # noqa: S102
         if expected is not None:
             assert printed.getvalue() == expected, f"{name} block {i}"
@@ -44,3 +49,19 @@ def test_write_your_own_cell_page_runs(clean_registry):
 
 def test_own_video_page_runs():
     run_page("own_videos.md", 6)
+
+
+def test_tutorial_hierarchy_in_your_model_runs():
+    run_page("tutorials/hierarchy_in_your_model.md", 4)
+
+
+def test_tutorial_cells_and_factors_runs():
+    run_page("tutorials/cells_and_factors.md", 4)
+
+
+def test_getting_started_page_runs():
+    run_page("getting_started.md", 1)
+
+
+def test_concepts_page_runs():
+    run_page("concepts.md", 8)

@@ -1,6 +1,5 @@
 """clockwork.metrics against scikit-image, closed forms and plain loops."""
 
-import doctest
 
 import jax
 import jax.numpy as jnp
@@ -237,8 +236,3 @@ def test_summarize_curves_matches_numpy() -> None:
     for value, want in zip(summary.values(), expected):
         assert value.shape == (5,)
         np.testing.assert_allclose(value, want, rtol=1e-6)
-
-
-def test_docstring_examples() -> None:
-    results = doctest.testmod(metrics)
-    assert results.attempted > 0 and results.failed == 0

@@ -1,8 +1,8 @@
 """clockwork: the Clockwork VAE as composable JAX/Flax components.
 
-Import the whole model (:class:`CWVAE`) or any piece of it: cells
-(:mod:`clockwork.cells`), the clock and hierarchy (:mod:`clockwork.hierarchy`), the conv
-networks (:mod:`clockwork.nets`) and the losses (:mod:`clockwork.losses`).
+Import the whole model (``CWVAE``) or any piece of it: cells
+(``clockwork.cells``), the clock and hierarchy (``clockwork.hierarchy``), the conv
+networks (``clockwork.nets``) and the losses (``clockwork.losses``).
 """
 
 from clockwork.cells import GRUCell, RSSMCell

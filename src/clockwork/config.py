@@ -2,22 +2,23 @@
 
 Four small frozen dataclasses, each read by one part of the library:
 
-* :class:`ModelConfig`: the architecture (what decides the parameters), read by
-  :meth:`clockwork.CWVAE.from_config`;
-* :class:`LossConfig`: the likelihood's scale and the KL options, also read there;
-* :class:`OptimConfig`: the optimiser, read by :func:`clockwork.training.make_optimizer`;
-* :class:`SpeedConfig`: options that change speed and memory, not the numbers (but
+* ``ModelConfig``: the architecture (what decides the parameters), read by
+  ``clockwork.CWVAE.from_config``;
+* ``LossConfig``: the likelihood's scale and the KL options, also read there;
+* ``OptimConfig``: the optimiser, read by ``clockwork.training.make_optimizer``;
+* ``SpeedConfig``: options that change speed and memory, not the numbers (but
   ``compute_dtype``), read by ``from_config`` and the training steps.
 
-A :class:`Preset` bundles one of each; :func:`preset` gives the paper's ``mmnist``,
+A ``Preset`` bundles one of each; ``preset`` gives the paper's ``mmnist``,
 ``mazes`` and ``minerl``. Batch size, sequence lengths and the evaluation's settings are
 the example programs' (``examples/configs/*.yaml``).
 
->>> p = preset("minerl")
->>> p.model.cell_options["det_size"], p.loss.dec_stddev, p.optim.lr
-(800, 0.4, 0.0001)
->>> preset("mmnist").model.replace(factors=(4, 8)).clock.periods
-(1, 4, 32)
+Examples:
+  >>> p = preset("minerl")
+  >>> p.model.cell_options["det_size"], p.loss.dec_stddev, p.optim.lr
+  (800, 0.4, 0.0001)
+  >>> preset("mmnist").model.replace(factors=(4, 8)).clock.periods
+  (1, 4, 32)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _int(name: str, value: Any, minimum: int) -> None:
 
 def _per_level_floats(name: str, value: Any) -> Any:
     """``None``, a float, or a tuple of floats (its length is checked by
-    :meth:`LossConfig.check_levels`, which knows the levels)."""
+    ``LossConfig.check_levels``, which knows the levels)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -70,7 +71,7 @@ class ModelConfig(_Replace):
 
     Attributes:
       frame_size: ``(H, W)`` of the frames; the conv stacks' shapes follow from it
-        (:func:`clockwork.nets.conv_layout`: sides multiples of 16 from 64, or of 8
+        (``clockwork.nets.conv_layout``: sides multiples of 16 from 64, or of 8
         from 32 when a side is below 64).
       channels: image channels ``C``.
       levels: number of levels ``L``.
@@ -79,7 +80,7 @@ class ModelConfig(_Replace):
       factors: one temporal factor per level boundary ``(k_1, ..., k_{L-1})``.
       cell: the cell of every level, or one per level (fastest first): a registered
         name (``rssm``, ``gru``, ``lstm``, ``categorical``, ``mdn``, or one added by
-        :func:`clockwork.cells.register`) or an import path
+        ``clockwork.cells.register``) or an import path
         ``package.module:Factory``.
       cell_options: keyword arguments of the cell factory (for ``rssm``: ``stoch_size``,
         ``det_size``, ``hidden_size``, ``min_stddev``, ``stddev_shift``; for ``gru`` and
@@ -180,7 +181,7 @@ class LossConfig(_Replace):
       kl_balance: DreamerV2/V3's KL balancing weights ``(dynamics, representation)``
         (DreamerV3: ``(0.5, 0.1)``), or ``None``.
 
-    :meth:`dreamerv3` gives DreamerV3's free bits and balancing.
+    ``dreamerv3`` gives DreamerV3's free bits and balancing.
     """
 
     dec_stddev: float = 1.0
@@ -208,8 +209,9 @@ class LossConfig(_Replace):
     def dreamerv3(cls, **changes: Any) -> LossConfig:
         """DreamerV3's KL options: free bits of 1 nat and balancing weights (0.5, 0.1).
 
-        >>> LossConfig.dreamerv3(dec_stddev=0.4)
-        LossConfig(dec_stddev=0.4, beta=None, free_nats=None, kl_grad_post_perc=None, free_bits=1.0, kl_balance=(0.5, 0.1))
+        Examples:
+          >>> LossConfig.dreamerv3(dec_stddev=0.4)
+          LossConfig(dec_stddev=0.4, beta=None, free_nats=None, kl_grad_post_perc=None, free_bits=1.0, kl_balance=(0.5, 0.1))
         """
         return cls(**{"free_bits": FREE_BITS, "kl_balance": KL_BALANCE, **changes})
 
@@ -299,7 +301,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset(name: str) -> Preset:
-    """One of :data:`PRESETS` (``mmnist``, ``mazes``, ``minerl``)."""
+    """One of ``PRESETS`` (``mmnist``, ``mazes``, ``minerl``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name]

@@ -86,7 +86,7 @@ def _blocked(c: int, k: int, s: int) -> bool:
 def _block_patches(x: jax.Array, k: int, s: int, ho: int, wo: int) -> jax.Array:
     """(N, H, W, C) -> (N, ho, wo, k*k*C), s | k: entry (i, j, (a, b, p, q, c)) is
     x[s*(i+a) + p, s*(j+b) + q, c], i.e. the strided patches with taps u = s*a + p,
-    v = s*b + q in block order (see :func:`_taps_to_rows`)."""
+    v = s*b + q in block order (see ``_taps_to_rows``)."""
     n, _, _, c = x.shape
     m = k // s
     hp, wp = s * (ho - 1 + m), s * (wo - 1 + m)
@@ -117,7 +117,7 @@ def _taps_to_rows(t: jax.Array, s: int, blocked: bool) -> jax.Array:
 
 
 def _rows_to_taps(t: jax.Array, k: int, s: int, blocked: bool) -> jax.Array:
-    """Inverse of :func:`_taps_to_rows`: (K*K, ...) -> (K, K, ...)."""
+    """Inverse of ``_taps_to_rows``: (K*K, ...) -> (K, K, ...)."""
     if not blocked:
         return t.reshape(k, k, *t.shape[1:])
     m = k // s

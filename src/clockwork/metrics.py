@@ -8,7 +8,7 @@ sample covariance, data range 2: the float dtype's range ``-1..1``).
 
 Frames are float arrays ``(..., H, W, C)`` (not clipped); every leading axis (batch,
 time, ...) is mapped over and each metric returns one value per frame, ``(...)``. All
-functions are pure; :func:`psnr` and :func:`ssim` are jitted (their flags static) and
+functions are pure; ``psnr`` and ``ssim`` are jitted (their flags static) and
 nest inside other jitted code.
 """
 
@@ -39,7 +39,8 @@ def psnr(
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range**2 / mse)``.
 
     Args:
-      pred, target: frames ``(..., H, W, C)``.
+      pred: frames ``(..., H, W, C)``.
+      target: frames of the same shape.
       data_range: the range of the pixel values (1 for frames in ``[0, 1]``).
       per_channel: average the PSNRs of the channels, as the references did (they called
         scikit-image on each channel); ``False`` takes one PSNR of the mean squared error
@@ -53,9 +54,10 @@ def psnr(
       In float32 the result is within 1e-5 dB of a float64 computation below about
       60 dB (float32's own spacing is 4e-6 dB from 32 to 64 dB); with x64, to rounding.
 
-    >>> x = jnp.zeros((2, 8, 8, 3))
-    >>> psnr(x + 0.5, x).round(4)  # mse = 1/4, so 10 log10(4) dB
-    Array([6.0206, 6.0206], dtype=float32)
+    Examples:
+      >>> x = jnp.zeros((2, 8, 8, 3))
+      >>> psnr(x + 0.5, x).round(4)  # mse = 1/4, so 10 log10(4) dB
+      Array([6.0206, 6.0206], dtype=float32)
     """
     _check_frames(pred, target)
     axes = (-3, -2) if per_channel else (-3, -2, -1)
@@ -124,20 +126,23 @@ def ssim(
     these windows, so its border mode never reaches the result.
 
     Args:
-      pred, target: frames ``(..., H, W, C)`` with ``H, W >= win_size``.
+      pred: frames ``(..., H, W, C)`` with ``H, W >= win_size``.
+      target: frames of the same shape.
       data_range: 2 reproduces the references and the paper (scikit-image 0.18's default
         for float frames); 1 is the range of frames in ``[0, 1]``.
       win_size: odd side of the square window.
-      k1, k2: the stabilising constants.
+      k1: the first stabilising constant.
+      k2: the second stabilising constant.
       use_sample_covariance: divide (co)variances by ``win_size**2 - 1`` rather than
         ``win_size**2``.
 
     Returns:
       ``(...)``; 1 for identical frames.
 
-    >>> x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
-    >>> ssim(x, x)
-    Array([1., 1.], dtype=float32)
+    Examples:
+      >>> x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+      >>> ssim(x, x)
+      Array([1., 1.], dtype=float32)
     """
     _check_frames(pred, target)
     if win_size % 2 != 1:
@@ -166,13 +171,14 @@ def best_of_samples(values: jax.Array) -> tuple[jax.Array, jax.Array]:
       ``(curves, index)``: the kept curves ``(..., horizon)`` and which sample was kept,
       ``(...)``.
 
-    >>> values = jnp.array([[[0.1, 0.9], [0.6, 0.5]], [[0.3, 0.3], [0.2, 0.2]]])
-    >>> curves, index = best_of_samples(values)
-    >>> curves
-    Array([[0.6, 0.5],
-           [0.3, 0.3]], dtype=float32)
-    >>> index
-    Array([1, 0], dtype=int32)
+    Examples:
+      >>> values = jnp.array([[[0.1, 0.9], [0.6, 0.5]], [[0.3, 0.3], [0.2, 0.2]]])
+      >>> curves, index = best_of_samples(values)
+      >>> curves
+      Array([[0.6, 0.5],
+             [0.3, 0.3]], dtype=float32)
+      >>> index
+      Array([1, 0], dtype=int32)
     """
     index = jnp.argmax(jnp.mean(values, axis=-1), axis=-1)
     curves = jnp.take_along_axis(values, index[..., None, None], axis=-2)[..., 0, :]
@@ -185,7 +191,7 @@ def summarize_curves(
     """Mean and spread over examples of per-frame metric curves.
 
     Args:
-      curves: ``(num_examples, horizon)``, e.g. the output of :func:`best_of_samples`.
+      curves: ``(num_examples, horizon)``, e.g. the output of ``best_of_samples``.
       percentiles: percentiles (0..100, linear interpolation) to report besides the mean
         and standard deviation.
 
@@ -194,9 +200,10 @@ def summarize_curves(
       population standard deviation over examples (``ddof = 0``, as the references
       plotted), ``p{q:g}`` the ``q``-th percentile.
 
-    >>> summary = summarize_curves(jnp.array([[1.0, 2.0], [3.0, 6.0]]), percentiles=(50,))
-    >>> {name: value.tolist() for name, value in summary.items()}
-    {'mean': [2.0, 4.0], 'std': [1.0, 2.0], 'p50': [2.0, 4.0]}
+    Examples:
+      >>> summary = summarize_curves(jnp.array([[1.0, 2.0], [3.0, 6.0]]), percentiles=(50,))
+      >>> {name: value.tolist() for name, value in summary.items()}
+      {'mean': [2.0, 4.0], 'std': [1.0, 2.0], 'p50': [2.0, 4.0]}
     """
     summary = {"mean": jnp.mean(curves, axis=0), "std": jnp.std(curves, axis=0)}
     for q in percentiles:

@@ -6,11 +6,11 @@ The model is built from its parts, each replaceable by a module of one's own:
   ``(B, T, H, W, C)`` to one embedding per level, ``(B, ceil(T / P_l), E_l)``; it is
   called as ``encoder(frames, chunk=..., remat=...)``, and may use or ignore these two
   speed hints (the conv encoder runs its stack over ``chunk`` frames at a time);
-* a :class:`~clockwork.hierarchy.Hierarchy` of cells on a clock;
+* a ``Hierarchy`` of cells on a clock;
 * a **decoder** mapping level 0's features ``(N, F)`` to frame means ``(N, H, W, C)``.
 
-:meth:`CWVAE.from_config` builds the paper's conv nets and a hierarchy of registered
-cells from a :class:`~clockwork.config.ModelConfig`; :func:`build_hierarchy` is its
+``CWVAE.from_config`` builds the paper's conv nets and a hierarchy of registered
+cells from a ``ModelConfig``; ``build_hierarchy`` is its
 hierarchy half.
 """
 
@@ -42,12 +42,12 @@ def build_hierarchy(
     remat: bool = False,
     rngs: nnx.Rngs,
 ) -> Hierarchy:
-    """A hierarchy of cells made by :func:`clockwork.cells.make`, one per level.
+    """A hierarchy of cells made by ``clockwork.cells.make``, one per level.
 
     Each cell's context size is the feature size of the cell above it (plus
     ``action_size`` at level 0); the top cell's is its own feature size, so that the
     top level reads zeros of that size. Feature sizes come from the cells themselves
-    (:func:`clockwork.cells.feature_size`). Cells are built fastest level first.
+    (``clockwork.cells.feature_size``). Cells are built fastest level first.
 
     Args:
       cells: ``(name, options)`` per level, fastest first (``ModelConfig.cells()``).
@@ -77,8 +77,13 @@ class CWVAE(nnx.Module):
       encoder: frames ``(B, T, H, W, C)`` to per-level embeddings; has ``frame_shape``.
       hierarchy: the cells on their clock.
       decoder: features ``(N, F)`` to frame means ``(N, H, W, C)``.
-      dec_stddev, beta, free_nats, kl_grad_post_perc, free_bits, kl_balance: the loss
-        (:class:`~clockwork.config.LossConfig`, docs/model.md#loss).
+      dec_stddev: the decoder's fixed stddev.
+      beta: the per-level KL weights.
+      free_nats: per-sequence free nats (TF code).
+      kl_grad_post_perc: the JAX port's KL balancing.
+      free_bits: per-step free bits (DreamerV3).
+      kl_balance: DreamerV3's KL balancing ``(dyn, rep)``. All six are the loss's
+        options, as in ``LossConfig`` (docs/model.md#loss).
       conv_chunk: the loss runs the encoder and the decoder (with the likelihood) over
         this many frames at a time, and predictions are decoded so (``None``: all at
         once): bounded memory, the same numbers. The open loop encodes its context at once.
@@ -87,13 +92,14 @@ class CWVAE(nnx.Module):
     Every part is checked when the model is built, abstractly: the embeddings must fit
     the cells and the decoder's frames the encoder's.
 
-    >>> from clockwork.config import preset
-    >>> p = preset("mmnist")
-    >>> model = CWVAE.from_config(p.model.replace(levels=2, temporal_factor=2), rngs=nnx.Rngs(0))
-    >>> frames = jnp.zeros((1, 4, 64, 64, 1))
-    >>> loss, metrics = model.loss(frames, jax.random.key(0))
-    >>> model.open_loop(frames[:, :2], 2, jax.random.key(1)).shape
-    (1, 2, 64, 64, 1)
+    Examples:
+      >>> from clockwork.config import preset
+      >>> p = preset("mmnist")
+      >>> model = CWVAE.from_config(p.model.replace(levels=2, temporal_factor=2), rngs=nnx.Rngs(0))
+      >>> frames = jnp.zeros((1, 4, 64, 64, 1))
+      >>> loss, metrics = model.loss(frames, jax.random.key(0))
+      >>> model.open_loop(frames[:, :2], 2, jax.random.key(1)).shape
+      (1, 2, 64, 64, 1)
     """
 
     def __init__(
@@ -203,7 +209,7 @@ class CWVAE(nnx.Module):
         self, key: jax.Array, batch_size: int, frames: int, dtype: Any = jnp.float32
     ) -> tuple[Any, ...]:
         """The noise of an observation of ``frames`` frames under ``key``
-        (:meth:`Hierarchy.noise`): ``loss(x, key) == loss(x, noise=noise(key, B, T))``."""
+        (``Hierarchy.noise``): ``loss(x, key) == loss(x, noise=noise(key, B, T))``."""
         return self.hierarchy.noise(key, frames, batch_size, dtype=dtype)
 
     def observe(
@@ -233,7 +239,7 @@ class CWVAE(nnx.Module):
 
         Args:
           frames: ``(B, T, H, W, C)`` floats in ``[0, 1]``.
-          key: PRNG key for the posterior samples; or give ``noise`` from :meth:`noise`.
+          key: PRNG key for the posterior samples; or give ``noise`` from ``noise``.
           actions: ``(B, T, action_size)`` when the model takes actions.
         """
         rollout = self.observe(frames, key, noise=noise, actions=actions)

@@ -1,11 +1,11 @@
 """Convolutional encoder and decoder of CW-VAE (docs/model.md#encoder, #decoder).
 
 Frames are ``(B, T, H, W, C)``, 64x64 in the paper; every conv acts per frame. The
-stacks' shapes follow from the frame size (:func:`conv_layout`, docs/model.md#frame-sizes).
+stacks' shapes follow from the frame size (``conv_layout``, docs/model.md#frame-sizes).
 Kernels are ``HWIO``; the
 transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspose``).
 ``conv_impl="fast"`` (default) computes the same arithmetic as matrix products
-(:mod:`clockwork.convops`), far faster on the CPU; ``"lax"`` is the plain reference.
+(``clockwork.convops``), far faster on the CPU; ``"lax"`` is the plain reference.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class _Conv(nnx.Module):
 
 
 class ConvLayout(NamedTuple):
-    """The conv stacks' shapes for one frame size (see :func:`conv_layout`)."""
+    """The conv stacks' shapes for one frame size (see ``conv_layout``)."""
 
     depth: int
     """Stride-2 layers in each stack: 4 (the paper's), or 3 when a side is below 64."""
@@ -81,10 +81,11 @@ def conv_layout(frame_size: tuple[int, int]) -> ConvLayout:
     Raises:
       ValueError: naming the size and the nearest sizes that work.
 
-    >>> conv_layout((64, 64))
-    ConvLayout(depth=4, encoder_out=(2, 2), decoder_in=(1, 1))
-    >>> conv_layout((32, 48))
-    ConvLayout(depth=3, encoder_out=(2, 4), decoder_in=(1, 3))
+    Examples:
+      >>> conv_layout((64, 64))
+      ConvLayout(depth=4, encoder_out=(2, 2), decoder_in=(1, 1))
+      >>> conv_layout((32, 48))
+      ConvLayout(depth=3, encoder_out=(2, 4), decoder_in=(1, 3))
     """
     if (not isinstance(frame_size, (tuple, list)) or len(frame_size) != 2
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in frame_size)):
@@ -123,7 +124,7 @@ class ConvEncoder(nnx.Module):
     """Per-frame conv stack, chained per-level dense stacks, merged through the clock.
 
     ``h0 = flatten(conv4(...conv1(x)))`` with channels ``f*m, 2f*m, 4f*m, 8f*m`` (three
-    layers for frames with a side below 64, see :func:`conv_layout`); level
+    layers for frames with a side below 64, see ``conv_layout``); level
     ``l >= 1`` maps ``h(l-1)`` per frame through ``dense_layers - 1`` hidden layers of
     ``dense_embed_size`` and a linear layer back to ``embed_size`` (no stack when
     ``dense_layers == 0``); level ``l`` then sums blocks of ``P_l`` frames.
@@ -205,7 +206,7 @@ class ConvDecoder(nnx.Module):
 
     Channels ``4f*m, 2f*m, f*m, C`` with kernels ``5, 5, 6, 6`` (sizes 5, 13, 30, 64);
     ``activation`` after each but the last, ``out_activation`` (tanh) after the last. The
-    result is the mean of a per-pixel Normal. Other frame sizes (:func:`conv_layout`):
+    result is the mean of a per-pixel Normal. Other frame sizes (``conv_layout``):
     the dense layer gives ``h x w x 32 f m`` for the layout's ``decoder_in``, and with
     three layers the channels are ``2f*m, f*m, C`` and the kernels ``5, 6, 6``.
     """

@@ -2,23 +2,24 @@
 
 A mesh has a ``data`` axis (the batch is split along it) and a ``model`` axis (size 1
 unless parameters are sharded by rules). The training step is the one of
-:func:`clockwork.training.make_train_step_fn` with data-parallel gradients
-(:func:`sharded_gradients`): the step draws the model's noise for the whole batch
+``clockwork.training.make_train_step_fn`` with data-parallel gradients
+(``sharded_gradients``): the step draws the model's noise for the whole batch
 (``model.noise``, from the partitionable threefry generator, so the numbers do not depend
 on the mesh), then runs the loss and its gradient in one ``jax.shard_map`` on each
 device's rows, for any cell, and averages the gradients across devices once. No
 collective runs inside a scan or a chunk loop. The parameters and optimiser state are
 replicated (or placed by rules) and updated outside the ``shard_map``.
 
-Multi-host: call :func:`initialize_distributed` first in every process; each process then
+Multi-host: call ``initialize_distributed`` first in every process; each process then
 feeds its own rows of the global batch (``VideoPipeline`` reads its shard by
-``jax.process_index()``) and :func:`shard_batch` assembles the global array.
+``jax.process_index()``) and ``shard_batch`` assembles the global array.
 
->>> mesh = make_mesh(1)
->>> dict(mesh.shape)
-{'data': 1, 'model': 1}
->>> shard_batch(np.zeros((4, 2), np.float32), mesh).sharding.spec
-P('data',)
+Examples:
+  >>> mesh = make_mesh(1)
+  >>> dict(mesh.shape)
+  {'data': 1, 'model': 1}
+  >>> shard_batch(np.zeros((4, 2), np.float32), mesh).sharding.spec
+  P('data',)
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     """A sharding per leaf of ``tree``: the first rule matching its path, else replicated.
 
     Paths are joined with ``/``, e.g. ``params/decoder/dense/kernel/value`` for a
-    :class:`~clockwork.training.TrainState` (the optimiser state's moments carry the same
+    ``TrainState`` (the optimiser state's moments carry the same
     parameter names, so one rule places a parameter and its Adam moments alike).
     """
     compiled = [(re.compile(pattern), spec) for pattern, spec in rules or ()]
@@ -120,7 +121,7 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
 
 
 def shard_params(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """``tree`` placed on ``mesh`` by :func:`param_shardings` (replicated by default).
+    """``tree`` placed on ``mesh`` by ``param_shardings`` (replicated by default).
 
     With several processes each must hold the same values (same seed); every process
     fills its own devices from its copy.
@@ -227,11 +228,11 @@ def make_sharded_train_step(
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, frames, actions=None) -> (state, metrics)`` data-parallel on ``mesh``.
 
-    The step of :func:`clockwork.training.make_train_step` with :func:`sharded_gradients`,
+    The step of ``clockwork.training.make_train_step`` with ``sharded_gradients``,
     jitted with explicit shardings. ``frames (B, T, H, W, C)`` (and ``actions (B, T,
-    A)``) go through :func:`shard_batch` (host arrays are this process's rows); ``B``
+    A)``) go through ``shard_batch`` (host arrays are this process's rows); ``B``
     must be a multiple of the data axis. ``state`` should already be on ``mesh``
-    (:func:`shard_params`); ``state_sharding`` is its sharding tree, or a single sharding
+    (``shard_params``); ``state_sharding`` is its sharding tree, or a single sharding
     for all leaves (default: replicated). Metrics come back replicated.
     ``step.lower(state, frames)`` gives the lowered program, as ``jax.jit``'s ``lower``
     does.

@@ -1,20 +1,21 @@
-"""A pure-function training step for :class:`~clockwork.CWVAE` (docs/model.md#presets).
+"""A pure-function training step for ``CWVAE`` (docs/model.md#presets).
 
 The model is split once into a static graph and a parameter pytree; the step is one
 ``jax.jit`` over ``(TrainState, frames)`` with no Python work per frame. It works for any
 ``nnx`` model with ``loss(frames, key, *, noise=None, actions=None) -> (loss, metrics)``
-(and ``noise(key, batch, frames, dtype)`` for :mod:`clockwork.parallel`'s step).
+(and ``noise(key, batch, frames, dtype)`` for ``clockwork.parallel``'s step).
 
->>> from clockwork import CWVAE
->>> from clockwork.config import preset
->>> model = CWVAE.from_config(preset("mmnist").model.replace(levels=2, temporal_factor=2),
-...                           rngs=nnx.Rngs(0))
->>> optimizer = make_optimizer(3e-4)
->>> graphdef, state = init_train_state(model, optimizer, jax.random.key(0))
->>> step = make_train_step(graphdef, optimizer)
->>> state, metrics = step(state, jnp.zeros((1, 4, 64, 64, 1), jnp.uint8))
->>> int(state.step)
-1
+Examples:
+  >>> from clockwork import CWVAE
+  >>> from clockwork.config import preset
+  >>> model = CWVAE.from_config(preset("mmnist").model.replace(levels=2, temporal_factor=2),
+  ...                           rngs=nnx.Rngs(0))
+  >>> optimizer = make_optimizer(3e-4)
+  >>> graphdef, state = init_train_state(model, optimizer, jax.random.key(0))
+  >>> step = make_train_step(graphdef, optimizer)
+  >>> state, metrics = step(state, jnp.zeros((1, 4, 64, 64, 1), jnp.uint8))
+  >>> int(state.step)
+  1
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """Adam (``eps = adam_eps``) after clipping gradients to the global norm ``grad_clip_norm``.
 
-    The fields of :class:`~clockwork.config.OptimConfig` are its arguments:
+    The fields of ``OptimConfig`` are its arguments:
     ``make_optimizer(**dataclasses.asdict(preset.optim))``.
     """
     for name, value in (("lr", lr), ("adam_eps", adam_eps), ("grad_clip_norm", grad_clip_norm)):
@@ -64,7 +65,7 @@ class TrainState:
 def init_train_state(
     model: nnx.Module, optimizer: optax.GradientTransformation, key: jax.Array
 ) -> tuple[nnx.GraphDef, TrainState]:
-    """Split ``model`` into its static graph and a fresh :class:`TrainState`."""
+    """Split ``model`` into its static graph and a fresh ``TrainState``."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError("the model holds state other than parameters; it is not supported here")
@@ -112,8 +113,8 @@ def make_train_step_fn(
     """The pure, unjitted ``step(state, frames, actions=None) -> (state, metrics)``.
 
     ``grads`` computes the gradients and metrics (default: ``jax.grad`` of
-    :func:`make_loss_fn` on one device); ``clockwork.parallel`` passes its data-parallel
-    one. :func:`make_train_step` jits the step for one device.
+    ``make_loss_fn`` on one device); ``clockwork.parallel`` passes its data-parallel
+    one. ``make_train_step`` jits the step for one device.
     """
     if grads is None:
         grads = jax.grad(make_loss_fn(graphdef, compute_dtype=compute_dtype), has_aux=True)
@@ -143,9 +144,9 @@ def make_train_step(
     """The jitted ``step(state, frames, actions=None) -> (state, metrics)`` on one device.
 
     ``frames`` are ``(B, T, H, W, C)``, ``uint8`` (converted on device) or floats in
-    ``[0, 1]``. ``metrics`` holds the loss terms of :func:`~clockwork.losses.elbo_loss`
+    ``[0, 1]``. ``metrics`` holds the loss terms of ``elbo_loss``
     and ``grad_norm``. With ``donate`` the input state's buffers are reused. For several
-    devices, :func:`clockwork.parallel.make_sharded_train_step`.
+    devices, ``clockwork.parallel.make_sharded_train_step``.
     """
     step = make_train_step_fn(graphdef, optimizer, compute_dtype=compute_dtype)
     return jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -1,8 +1,8 @@
-"""Cells: one step of one level of the hierarchy, all speaking :class:`Cell`.
+"""Cells: one step of one level of the hierarchy, all speaking ``Cell``.
 
-The protocol is documented in :mod:`clockwork.cells.base` and in
+The protocol is documented in ``clockwork.cells.base`` and in
 docs/write_your_own_cell.md; any object that follows it plugs into every level of a
-:class:`~clockwork.hierarchy.Hierarchy` and of a :class:`~clockwork.CWVAE`.
+``Hierarchy`` and of a ``CWVAE``.
 """
 
 from clockwork.cells.base import (

@@ -152,11 +152,12 @@ def draw_noise(
 
     Step ``t``'s noise is ``cell.noise(fold_in(key, start + t), batch_size, dtype)``.
 
-    >>> from flax import nnx
-    >>> from clockwork.cells import RSSMCell
-    >>> cell = RSSMCell(4, 3, stoch_size=2, det_size=5, hidden_size=6, rngs=nnx.Rngs(0))
-    >>> draw_noise(cell, jax.random.key(0), 8, 10).shape
-    (8, 10, 2, 2)
+    Examples:
+      >>> from flax import nnx
+      >>> from clockwork.cells import RSSMCell
+      >>> cell = RSSMCell(4, 3, stoch_size=2, det_size=5, hidden_size=6, rngs=nnx.Rngs(0))
+      >>> draw_noise(cell, jax.random.key(0), 8, 10).shape
+      (8, 10, 2, 2)
     """
     if not hasattr(cell, "noise"):
         return None
@@ -182,11 +183,11 @@ def unroll(
     so it may run on each device's rows of the batch.
 
     Args:
-      cell: any :class:`Cell`; its ``prepare``/``step`` fast path is used if it has one.
+      cell: any ``Cell``; its ``prepare``/``step`` fast path is used if it has one.
       state: the carry before the first step, ``(B, ...)`` leaves.
       embeds: ``(B, N, embed_size)``, or ``None`` when ``use_obs`` is ``False``.
       contexts: ``(B, N, context_size)``.
-      noise: ``(B, N, ...)`` leaves from :func:`draw_noise`, or ``None``.
+      noise: ``(B, N, ...)`` leaves from ``draw_noise``, or ``None``.
       use_obs: static; whether the posterior reads the embeddings.
       remat: recompute each step's activations in the backward pass (``jax.checkpoint``
         on the scan body), keeping only the carries.

@@ -17,7 +17,7 @@ from clockwork.losses.kl import categorical_entropy, categorical_kl, unimix
 
 @struct.dataclass
 class CategoricalState:
-    """Latent state of :class:`CategoricalRSSMCell`.
+    """Latent state of ``CategoricalRSSMCell``.
 
     ``sample``: ``(..., G, C)`` one-hot samples (straight-through: their gradient is that
     of the probabilities); ``log_probs``: ``(..., G, C)`` normalised log-probabilities
@@ -45,7 +45,7 @@ class CategoricalState:
 
 
 class CategoricalInputs(NamedTuple):
-    """The carry-independent part of a step (as :class:`~clockwork.cells.RSSMInputs`);
+    """The carry-independent part of a step (as ``RSSMInputs``);
     ``noise``: ``(..., 2, G, C)`` standard Gumbel noise for the prior and the posterior."""
 
     context_proj: jax.Array
@@ -62,7 +62,7 @@ def _check_positive(name: str, value: object, minimum: int = 1) -> int:
 class CategoricalRSSMCell(nnx.Module):
     """An RSSM whose latent is ``G`` groups of ``C``-way categoricals (DreamerV3).
 
-    The networks are :class:`~clockwork.cells.RSSMCell`'s with the Gaussian heads
+    The networks are ``RSSMCell``'s with the Gaussian heads
     replaced by logits heads ``Dense_{G*C}``: prior ``x = relu(Dense_E([flatten(sample),
     context]))``, ``det = GRU_D(det, x)``, ``logits = Dense(relu(Dense_E(det)))``;
     posterior ``logits = Dense(relu(Dense_E(relu(Dense_E([det, e])))))``. The class
@@ -73,15 +73,19 @@ class CategoricalRSSMCell(nnx.Module):
     is that of the categoricals, summed over the groups.
 
     Args:
-      embed_size, context_size: as for every cell.
-      groups, classes: ``G`` and ``C`` (32 and 32, as DreamerV3 first published).
-      det_size, hidden_size: ``D`` and ``E``.
+      embed_size: size of the level's embedding ``e_t``.
+      context_size: size of the context from the level above (plus actions at level 0).
+      groups: ``G`` (32, as DreamerV3 first published).
+      classes: ``C`` classes per group (32).
+      det_size: ``D``.
+      hidden_size: ``E``.
       unimix: the uniform share in ``[0, 1)``.
 
-    >>> cell = CategoricalRSSMCell(4, 3, groups=2, classes=5, det_size=6, hidden_size=7,
-    ...                            rngs=nnx.Rngs(0))
-    >>> cell.feature_size
-    16
+    Examples:
+      >>> cell = CategoricalRSSMCell(4, 3, groups=2, classes=5, det_size=6, hidden_size=7,
+      ...                            rngs=nnx.Rngs(0))
+      >>> cell.feature_size
+      16
     """
 
     def __init__(
@@ -166,7 +170,7 @@ class CategoricalRSSMCell(nnx.Module):
     def step(
         self, state: CategoricalState, inputs: CategoricalInputs, *, use_obs: bool
     ) -> tuple[CategoricalState, StepOutput]:
-        """One step from prepared inputs (one time slice of :meth:`prepare`)."""
+        """One step from prepared inputs (one time slice of ``prepare``)."""
         gc, d = self.groups * self.classes, self.det_size
         flat = state.sample.reshape(state.sample.shape[0], gc)
         x = jax.nn.relu(flat @ self.prior_in.kernel[:gc] + inputs.context_proj)

@@ -14,7 +14,7 @@ from clockwork.cells.layers import GRU, glorot
 
 
 class GRUCell(nnx.Module):
-    """A deterministic level: no latent, zero KL (an ablation of :class:`RSSMCell`).
+    """A deterministic level: no latent, zero KL (an ablation of ``RSSMCell``).
 
     ``x = relu(Dense_E(context))``, ``det = GRU_D(det, x)``; the feature is ``det``. It
     never reads the observation embedding, so its prior and posterior are the same state.

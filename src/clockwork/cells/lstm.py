@@ -13,7 +13,7 @@ from clockwork.cells.layers import LSTM, glorot
 
 @struct.dataclass
 class LSTMState:
-    """State of :class:`LSTMCell`: the LSTM's ``cell`` and ``hidden``, each ``(..., D)``.
+    """State of ``LSTMCell``: the LSTM's ``cell`` and ``hidden``, each ``(..., D)``.
     There is no latent, so its KL and entropy are zero."""
 
     cell: jax.Array
@@ -33,18 +33,19 @@ class LSTMState:
 
 
 class LSTMCell(nnx.Module):
-    """A deterministic level with an LSTM core (like :class:`~clockwork.cells.GRUCell`).
+    """A deterministic level with an LSTM core (like ``GRUCell``).
 
     ``x = relu(Dense_E(context))``, ``(c, h) = LSTM_D((c, h), x)``; the feature is ``h``.
     It never reads the observation embedding, so its prior and posterior are the same
     state. Its fast path computes the input layer and the LSTM's input product for a
     whole sequence at once, leaving one ``(B, D) x (D, 4D)`` product per step.
 
-    >>> cell = LSTMCell(4, 3, det_size=5, hidden_size=6, rngs=nnx.Rngs(0))
-    >>> state = cell.initial_state(2)
-    >>> state, out = cell(state, None, jnp.ones((2, 3)), None, use_obs=False)
-    >>> out.prior.feature.shape
-    (2, 5)
+    Examples:
+      >>> cell = LSTMCell(4, 3, det_size=5, hidden_size=6, rngs=nnx.Rngs(0))
+      >>> state = cell.initial_state(2)
+      >>> state, out = cell(state, None, jnp.ones((2, 3)), None, use_obs=False)
+      >>> out.prior.feature.shape
+      (2, 5)
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from clockwork.losses.kl import gaussian_entropy, gaussian_log_prob, mixture_log
 
 
 class MDNCarry(NamedTuple):
-    """What :class:`MDNRNNCell` carries between steps: the last ``sample (B, S)`` and the
+    """What ``MDNRNNCell`` carries between steps: the last ``sample (B, S)`` and the
     LSTM's ``cell`` and ``hidden`` ``(B, D)``."""
 
     sample: jax.Array
@@ -27,7 +27,7 @@ class MDNCarry(NamedTuple):
 
 @struct.dataclass
 class MixtureState:
-    """The prior of :class:`MDNRNNCell`: a diagonal Gaussian mixture over the latent.
+    """The prior of ``MDNRNNCell``: a diagonal Gaussian mixture over the latent.
 
     ``sample``: ``(..., S)``; ``hidden``: ``(..., D)``, the LSTM output the mixture was
     read from; ``means`` and ``stddevs``: ``(..., S, K)``; ``log_weights``: normalised
@@ -59,7 +59,7 @@ class MixtureState:
 
 @struct.dataclass
 class MDNPosterior:
-    """The posterior of :class:`MDNRNNCell`: a diagonal Gaussian ``(..., S)`` read from
+    """The posterior of ``MDNRNNCell``: a diagonal Gaussian ``(..., S)`` read from
     the embedding, with the step's LSTM ``hidden (..., D)``."""
 
     sample: jax.Array
@@ -128,18 +128,21 @@ class MDNRNNCell(nnx.Module):
     taken after ``z_{t-1}``).
 
     Args:
-      embed_size, context_size: as for every cell.
-      stoch_size, det_size, hidden_size: ``S`` (32 in World Models), ``D`` (256) and the
-        posterior's hidden width ``E``.
+      embed_size: size of the level's embedding ``e_t``.
+      context_size: size of the context from the level above (plus actions at level 0).
+      stoch_size: ``S`` (32 in World Models).
+      det_size: ``D`` (256).
+      hidden_size: the posterior's hidden width ``E``.
       mixtures: ``K`` (5).
       temperature: ``> 0``; 1 samples the mixture itself.
       shared_weights: one set of mixture weights for all latent dimensions.
       min_stddev: added to the posterior's stddev.
 
-    >>> cell = MDNRNNCell(4, 3, stoch_size=2, det_size=5, mixtures=3, rngs=nnx.Rngs(0))
-    >>> prior = cell.predict(jnp.zeros((1, 6, 2)), jnp.zeros((1, 6, 3)))
-    >>> prior.log_prob(jnp.zeros((1, 6, 2))).shape
-    (1, 6)
+    Examples:
+      >>> cell = MDNRNNCell(4, 3, stoch_size=2, det_size=5, mixtures=3, rngs=nnx.Rngs(0))
+      >>> prior = cell.predict(jnp.zeros((1, 6, 2)), jnp.zeros((1, 6, 3)))
+      >>> prior.log_prob(jnp.zeros((1, 6, 2))).shape
+      (1, 6)
     """
 
     def __init__(
@@ -187,7 +190,7 @@ class MDNRNNCell(nnx.Module):
         return MDNCarry(jnp.zeros((batch_size, self.stoch_size), dtype), zeros, zeros)
 
     def noise(self, key: jax.Array, batch_size: int, dtype: DTypeLike = jnp.float32) -> MDNNoise:
-        """One step's :class:`MDNNoise` (drawn whether or not the step observes)."""
+        """One step's ``MDNNoise`` (drawn whether or not the step observes)."""
         k_gumbel, k_normal = jax.random.split(key)
         s, k = self.stoch_size, self.mixtures
         shape = (batch_size, k) if self.shared_weights else (batch_size, s, k)
@@ -252,7 +255,7 @@ class MDNRNNCell(nnx.Module):
     def step(
         self, state: MDNCarry, inputs: MDNInputs, *, use_obs: bool
     ) -> tuple[MDNCarry, StepOutput]:
-        """One step from prepared inputs (one time slice of :meth:`prepare`)."""
+        """One step from prepared inputs (one time slice of ``prepare``)."""
         s = self.stoch_size
         projected = state.sample @ self.lstm.input_kernel[:s] + inputs.context_proj
         cell, hidden = self.lstm.step(state.cell, state.hidden, projected)
@@ -275,7 +278,7 @@ class MDNRNNCell(nnx.Module):
           contexts: ``(B, N, context_size)``.
           initial: the carry before ``z_0`` (zeros when ``None``).
         Returns:
-          Stacked :class:`MixtureState` ``(B, N, ...)`` whose step ``t`` is
+          Stacked ``MixtureState`` ``(B, N, ...)`` whose step ``t`` is
           ``p(z_t | z_{<t}, contexts_{<=t})``, with ``sample = latents``.
         """
         b, n, s = latents.shape

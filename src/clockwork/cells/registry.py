@@ -3,18 +3,19 @@
 A factory is any callable ``factory(embed_size, context_size, *, rngs, **options) ->
 Cell``; a cell class whose constructor has that signature is one. A configuration names
 a cell by a registered name (the built-in ``"rssm"``, ``"gru"``, ``"lstm"``,
-``"categorical"``, ``"mdn"``, and whatever :func:`register` added)
+``"categorical"``, ``"mdn"``, and whatever ``register`` added)
 or by an import path ``"package.module:Name"``, which needs no registration.
 
->>> from flax import nnx
->>> from clockwork.cells import GRUCell
->>> register("my_gru", GRUCell)
->>> make("my_gru", embed_size=8, context_size=4, det_size=6, rngs=nnx.Rngs(0)).feature_size
-6
->>> make("clockwork.cells:RSSMCell", embed_size=8, context_size=4, stoch_size=2,
-...      det_size=3, rngs=nnx.Rngs(0)).feature_size
-5
->>> unregister("my_gru")
+Examples:
+  >>> from flax import nnx
+  >>> from clockwork.cells import GRUCell
+  >>> register("my_gru", GRUCell)
+  >>> make("my_gru", embed_size=8, context_size=4, det_size=6, rngs=nnx.Rngs(0)).feature_size
+  6
+  >>> make("clockwork.cells:RSSMCell", embed_size=8, context_size=4, stoch_size=2,
+  ...      det_size=3, rngs=nnx.Rngs(0)).feature_size
+  5
+  >>> unregister("my_gru")
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _import(name: str) -> CellFactory:
 def make(
     name: str, *, embed_size: int, context_size: int, rngs: nnx.Rngs, **options: Any
 ) -> Any:
-    """A cell built by the factory of ``name`` (see :func:`resolve`)."""
+    """A cell built by the factory of ``name`` (see ``resolve``)."""
     factory = resolve(name)
     try:
         return factory(embed_size, context_size, rngs=rngs, **options)

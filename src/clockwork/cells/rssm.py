@@ -22,7 +22,7 @@ class RSSMInputs(NamedTuple):
     ``context_proj``: ``(..., E)`` context half of the prior's first layer, bias included.
     ``embed_proj``: ``(..., E)`` embedding half of the posterior's first layer, or ``None``.
     ``noise``: ``(..., 2, S)`` standard normal noise for the prior and posterior samples
-    (:meth:`RSSMCell.noise`).
+    (``RSSMCell.noise``).
     """
 
     context_proj: jax.Array
@@ -58,7 +58,9 @@ class RSSMCell(nnx.Module):
     Args:
       embed_size: size of the level's embedding ``e_t``.
       context_size: size of the context from the level above (plus actions at level 0).
-      stoch_size, det_size, hidden_size: ``S``, ``D``, ``E``.
+      stoch_size: ``S``.
+      det_size: ``D``.
+      hidden_size: ``E``.
       min_stddev: added to every stddev.
       stddev_shift: ``"input"`` (default, both reference implementations):
         ``softplus(Dense(y + 0.54))``; ``"preactivation"``: ``softplus(Dense(y) + 0.54)``.
@@ -134,7 +136,7 @@ class RSSMCell(nnx.Module):
     def step(
         self, state: GaussianState, inputs: RSSMInputs, *, use_obs: bool
     ) -> tuple[GaussianState, StepOutput]:
-        """One step from prepared inputs (one time slice of :meth:`prepare`)."""
+        """One step from prepared inputs (one time slice of ``prepare``)."""
         s, d = self.stoch_size, self.det_size
         x = jax.nn.relu(state.sample @ self.prior_in.kernel[:s] + inputs.context_proj)
         det = self.gru(state.det_state, x)

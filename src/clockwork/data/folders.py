@@ -52,8 +52,9 @@ def split_of(name: str, test_fraction: float) -> str:
     The name's SHA-256 read as a number in [0, 1) decides, so the split does not depend
     on the order or number of videos.
 
-    >>> split_of("clips/a.mp4", 0.5), split_of("clips/a.mp4", 0.0)
-    ('train', 'train')
+    Examples:
+      >>> split_of("clips/a.mp4", 0.5), split_of("clips/a.mp4", 0.0)
+      ('train', 'train')
     """
     digest = hashlib.sha256(name.encode()).digest()
     return "test" if int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction else "train"
@@ -91,7 +92,7 @@ class VideoFolder:
         ``frame_size`` (naming the file and what was expected).
       ValueError: a bad argument, or an empty split.
 
-    Example:
+    Examples:
       >>> import tempfile
       >>> root = pathlib.Path(tempfile.mkdtemp())
       >>> np.save(root / "clips.npy", np.zeros((3, 12, 32, 32, 1), np.uint8))
@@ -389,10 +390,11 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, *, fps: int = 
     Motion JPEG, ``.gif`` GIF. All are lossy: decoded frames differ from ``frames`` by
     a few levels. Even ``H`` and ``W`` suit every codec (4:2:0 chroma).
 
-    >>> import tempfile
-    >>> clip = np.zeros((5, 32, 32, 3), np.uint8)
-    >>> write_video(pathlib.Path(tempfile.mkdtemp()) / "clip.mp4", clip).suffix
-    '.mp4'
+    Examples:
+      >>> import tempfile
+      >>> clip = np.zeros((5, 32, 32, 3), np.uint8)
+      >>> write_video(pathlib.Path(tempfile.mkdtemp()) / "clip.mp4", clip).suffix
+      '.mp4'
     """
     import av
 

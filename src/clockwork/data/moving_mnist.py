@@ -157,7 +157,7 @@ def draw(digit_ids: np.ndarray, positions: np.ndarray, digits: np.ndarray) -> np
 
 
 PUSH_SPEED = 3.0
-"""Pixels per frame of an action of 1 in :func:`generate_pushed_mnist`."""
+"""Pixels per frame of an action of 1 in ``generate_pushed_mnist``."""
 
 
 def generate_pushed_mnist(
@@ -175,15 +175,16 @@ def generate_pushed_mnist(
     previous one (frame 0 always draws). The digit's top-left corner moves by `PUSH_SPEED
     * action_t` pixels from frame `t - 1` to frame `t` (from a uniform start for frame
     0), stopping at the frame's edges. So `actions[:, t]` is what leads to frame `t`: in
-    a :class:`~clockwork.CWVAE` with `action_size=2` it enters level 0's step `t`.
+    a ``CWVAE`` with `action_size=2` it enters level 0's step `t`.
 
     Returns:
       `videos (N, T, 64, 64, 1)` uint8 and `actions (N, T, 2)` float32; everything
       follows from `(seed, digit_split)`.
 
-    >>> videos, actions = generate_pushed_mnist(2, num_frames=5)
-    >>> videos.shape, actions.shape, actions.dtype
-    ((2, 5, 64, 64, 1), (2, 5, 2), dtype('float32'))
+    Examples:
+      >>> videos, actions = generate_pushed_mnist(2, num_frames=5)
+      >>> videos.shape, actions.shape, actions.dtype
+      ((2, 5, 64, 64, 1), (2, 5, 2), dtype('float32'))
     """
     if num_videos < 0 or num_frames < 1:
         raise ValueError(f"need num_videos >= 0 and num_frames >= 1, got {num_videos}, {num_frames}")
@@ -254,7 +255,7 @@ def generate_moving_mnist(
       num_digits: digits per video (2, as in the dataset).
       speed_range: pixels per frame, uniform in `(low, high)` (`SPEED_RANGE`, 2 to 5).
 
-    Example:
+    Examples:
       >>> videos = generate_moving_mnist(3, num_frames=10, seed=0)
       >>> videos.shape, videos.dtype
       ((3, 10, 64, 64, 1), dtype('uint8'))

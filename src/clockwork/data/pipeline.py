@@ -69,7 +69,7 @@ class VideoPipeline:
     `state()` returns the position as a JSON-serialisable dict; `restore(state)` on a
     pipeline built with the same arguments continues exactly where it was saved.
 
-    Example:
+    Examples:
       >>> videos = np.zeros((4, 10, 64, 64, 1), np.uint8)
       >>> pipe = VideoPipeline(videos, seq_len=5, batch_size=2, num_epochs=1,
       ...                      process_index=0, process_count=1, prefetch=0)

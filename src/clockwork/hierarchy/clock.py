@@ -28,11 +28,12 @@ def _check_factor(name: str, value: object) -> int:
 class Clock:
     """Per-level periods for temporal factors ``(k_1, ..., k_{L-1})``.
 
-    >>> clock = Clock((2, 3))
-    >>> clock.periods
-    (1, 2, 6)
-    >>> clock.num_steps(13)
-    (13, 7, 3)
+    Examples:
+      >>> clock = Clock((2, 3))
+      >>> clock.periods
+      (1, 2, 6)
+      >>> clock.num_steps(13)
+      (13, 7, 3)
     """
 
     factors: tuple[int, ...]
@@ -77,12 +78,13 @@ class Clock:
         This is the one rule for context lengths, imagination starts and streamed chunks:
         the top level must have seen whole steps, so that every level starts afresh.
 
-        >>> Clock((2, 3)).check_top_multiple(12, "context")
-        12
-        >>> Clock((2, 3)).check_top_multiple(8, "context")
-        Traceback (most recent call last):
-        ...
-        ValueError: context=8 must be a non-negative multiple of the top period 6
+        Examples:
+          >>> Clock((2, 3)).check_top_multiple(12, "context")
+          12
+          >>> Clock((2, 3)).check_top_multiple(8, "context")
+          Traceback (most recent call last):
+          ...
+          ValueError: context=8 must be a non-negative multiple of the top period 6
         """
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {value!r}")

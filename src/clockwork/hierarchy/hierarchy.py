@@ -115,7 +115,7 @@ class Hierarchy(nnx.Module):
         """Every level's noise for ``frames`` frames: per level ``(B, N_l, ...)`` or ``None``.
 
         Level ``l`` draws with ``split(key, levels)[l]`` for its steps from
-        ``start // P_l`` on (:func:`~clockwork.cells.draw_noise`), so ``observe(e, key)``
+        ``start // P_l`` on (``draw_noise``), so ``observe(e, key)``
         equals ``observe(e, noise=self.noise(key, T, B))``.
         """
         steps = self._steps(frames)
@@ -139,8 +139,8 @@ class Hierarchy(nnx.Module):
 
         Args:
           embeds: per level ``(B, ceil(T / P_l), embed_size_l)``; ``T`` is level 0's length.
-          key: PRNG key of the noise; or give ``noise`` drawn by :meth:`noise`.
-          use_obs: per-level observation flags (see :func:`parse_use_obs`).
+          key: PRNG key of the noise; or give ``noise`` drawn by ``noise``.
+          use_obs: per-level observation flags (see ``parse_use_obs``).
           initial: per-level initial states (zeros when ``None``).
           actions: ``(B, T, action_size)``, concatenated to level 0's context.
         """
@@ -173,12 +173,12 @@ class Hierarchy(nnx.Module):
 
         Level ``l`` takes ``ceil(frames / P_l)`` steps; features of the level above are
         its prior samples. Callers continuing an observed rollout should start it on a
-        multiple of the top period (as :meth:`open_loop` does).
+        multiple of the top period (as ``open_loop`` does).
 
         ``start`` is the frame index of the first imagined frame within a longer
         imagination under the same ``key`` (a multiple of the top period): imagining
         ``a + b`` frames equals imagining ``a`` and then ``b`` with ``start=a`` from the
-        first part's last states. With ``noise`` (from :meth:`noise`, which takes the
+        first part's last states. With ``noise`` (from ``noise``, which takes the
         ``start``) instead of ``key``, ``start`` is not used.
         """
         if isinstance(initial, (str, bytes)) or not isinstance(initial, Sequence):

@@ -111,9 +111,9 @@ def kl_terms(
     * no balancing: ``term = sum_n KL_n(q || p)``;
     * ``kl_grad_post_perc = a`` (the JAX port's balancing): ``term = (1 - a) * sum_n
       KL_n(sg(q) || p) + max(1, a * sum_n KL_n(q || sg(p)))``;
-    * ``kl_balance = (dyn, rep)`` (DreamerV2/V3, :data:`KL_BALANCE`): ``term = dyn *
+    * ``kl_balance = (dyn, rep)`` (DreamerV2/V3, ``KL_BALANCE``): ``term = dyn *
       sum_n KL_n(sg(q) || p) + rep * sum_n KL_n(q || sg(p))``;
-    * ``free_bits`` (DreamerV3's, :data:`FREE_BITS`): every ``KL_n`` above becomes
+    * ``free_bits`` (DreamerV3's, ``FREE_BITS``): every ``KL_n`` above becomes
       ``max(free_bits, KL_n)`` before the sum over steps;
     * ``free_nats`` (the official TF code's): ``term = max(0, term - free_nats)`` after
       the sum over steps and the mean over the batch.
@@ -121,13 +121,14 @@ def kl_terms(
     Each term is averaged over the batch. ``free_nats`` and ``free_bits`` take one
     number or one per level.
 
-    >>> from clockwork.cells import GaussianState
-    >>> z = jnp.zeros((1, 3, 2))
-    >>> q = GaussianState(z + 1.0, z, z, z + 1.0, z + 1.0)  # KL_n = 1 nat per step
-    >>> p = GaussianState(z, z, z, z, z + 1.0)
-    >>> [round(float(kl_terms([q], [p], **o).kl_loss[0]), 4) for o in
-    ...  ({}, {"free_bits": 2.0}, {"free_nats": 2.0}, {"kl_balance": (0.5, 0.1)})]
-    [3.0, 6.0, 1.0, 1.8]
+    Examples:
+      >>> from clockwork.cells import GaussianState
+      >>> z = jnp.zeros((1, 3, 2))
+      >>> q = GaussianState(z + 1.0, z, z, z + 1.0, z + 1.0)  # KL_n = 1 nat per step
+      >>> p = GaussianState(z, z, z, z, z + 1.0)
+      >>> [round(float(kl_terms([q], [p], **o).kl_loss[0]), 4) for o in
+      ...  ({}, {"free_bits": 2.0}, {"free_nats": 2.0}, {"kl_balance": (0.5, 0.1)})]
+      [3.0, 6.0, 1.0, 1.8]
     """
     levels = len(priors)
     if len(posteriors) != levels:
@@ -193,11 +194,14 @@ def elbo_loss(
     Args:
       frames: ``(B, T, H, W, C)`` targets.
       recon_mean: ``(B, T, H, W, C)`` decoder means of ``Normal(mean, dec_stddev)``.
-      posteriors, priors: one stacked state per level, ``(B, N_l, ...)`` leaves.
+      posteriors: one stacked state per level, ``(B, N_l, ...)`` leaves.
+      priors: the same for the priors.
       dec_stddev: the decoder's fixed stddev.
       beta: scalar or one value per level multiplying each level's KL (default 1).
-      free_nats, free_bits, kl_grad_post_perc, kl_balance: see :func:`kl_terms`; off by
-        default.
+      free_nats: see ``kl_terms``; off by default.
+      free_bits: see ``kl_terms``; off by default.
+      kl_grad_post_perc: see ``kl_terms``; off by default.
+      kl_balance: see ``kl_terms``; off by default.
     Returns:
       The scalar loss and a dict of metrics, all divided by ``T``: ``nll``, ``kl``
       (sum over levels), and per level ``kl/l``, ``prior_entropy/l``, ``post_entropy/l``.
@@ -221,7 +225,7 @@ def elbo_from_nll(
     kl_grad_post_perc: float | None = None,
     kl_balance: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """:func:`elbo_loss` from a precomputed ``nll`` (summed over frames and pixels,
+    """``elbo_loss`` from a precomputed ``nll`` (summed over frames and pixels,
     averaged over the batch) for sequences of ``frames`` frames."""
     # Reduced-precision models: every sum of the objective runs in float32.
     posteriors, priors = jax.tree.map(

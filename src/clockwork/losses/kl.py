@@ -17,8 +17,9 @@ def gaussian_kl(
     ``log(std_p / std_q) + (std_q**2 + (mean_q - mean_p)**2) / (2 std_p**2) - 1/2`` per
     dimension. All arguments ``(..., S)``; returns ``(...)``.
 
-    >>> float(gaussian_kl(jnp.zeros(2), jnp.ones(2), jnp.zeros(2), jnp.ones(2)))
-    0.0
+    Examples:
+      >>> float(gaussian_kl(jnp.zeros(2), jnp.ones(2), jnp.zeros(2), jnp.ones(2)))
+      0.0
     """
     var_ratio = jnp.square(std_q / std_p)
     mahalanobis = jnp.square((mean_q - mean_p) / std_p)
@@ -40,8 +41,9 @@ def unimix(logits: jax.Array, mix: float) -> jax.Array:
     """Log-probabilities of ``(1 - mix) * softmax(logits) + mix / C`` over the last axis
     (``C`` classes): ``(..., C) -> (..., C)``; ``mix = 0`` is ``log_softmax(logits)``.
 
-    >>> [round(float(p), 3) for p in jnp.exp(unimix(jnp.array([0.0, 100.0]), 0.1))]
-    [0.05, 0.95]
+    Examples:
+      >>> [round(float(p), 3) for p in jnp.exp(unimix(jnp.array([0.0, 100.0]), 0.1))]
+      [0.05, 0.95]
     """
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     if mix == 0:
@@ -54,8 +56,9 @@ def categorical_kl(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
     """``KL(q || p)`` of groups of categoricals given normalised log-probabilities
     ``(..., G, C)``, summed over classes and groups: ``(...)``.
 
-    >>> float(categorical_kl(jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5, 0.5]]))))
-    0.0
+    Examples:
+      >>> float(categorical_kl(jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5, 0.5]]))))
+      0.0
     """
     return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=(-2, -1))
 
