@@ -232,8 +232,7 @@ class VideoFolder:
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
                     if self.frame_size is not None:
-                        frame = frame.reformat(width=self.frame_size[1], height=self.frame_size[0],
-                                               format=fmt, interpolation="AREA")
+                        frame = _area_filter(frame, self.frame_size, fmt)
                     frames.append(frame.to_ndarray(format=fmt))
         except VideoReadError:
             raise
@@ -338,10 +337,13 @@ def _resize(frames: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
     for t, frame in enumerate(frames):
         image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., 0] if channels == 1 else frame),
                                            format=fmt)
-        image = image.reformat(width=frame_size[1], height=frame_size[0], format=fmt,
-                               interpolation="AREA")
-        out[t] = image.to_ndarray(format=fmt).reshape(*frame_size, channels)
+        out[t] = _area_filter(image, frame_size, fmt).to_ndarray(format=fmt).reshape(*frame_size, channels)
     return out
+
+
+def _area_filter(frame: Any, frame_size: tuple[int, int], fmt: str) -> Any:
+    """A PyAV frame resized to ``(H, W)`` with swscale's area filter, in pixel format ``fmt``."""
+    return frame.reformat(width=frame_size[1], height=frame_size[0], format=fmt, interpolation="AREA")
 
 
 def _npz_members(path: pathlib.Path) -> list[tuple[str, np.ndarray]]:
