@@ -65,3 +65,18 @@ def test_getting_started_page_runs():
 
 def test_concepts_page_runs():
     run_page("concepts.md", 8)
+
+
+def test_parallel_tutorial_runs_on_four_fake_devices():
+    # The page sets XLA_FLAGS before JAX starts; in this process JAX has started, so the
+    # page runs in a fresh interpreter (through run_page, with its output checks).
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import test_docs; "
+              "test_docs.run_page('parallel.md', 2)")
+    done = subprocess.run([sys.executable, "-c", script, str(pathlib.Path(__file__).parent)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
