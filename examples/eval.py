@@ -33,6 +33,7 @@ import json
 import math
 import pathlib
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from flax import nnx
 
 import checkpointing
 import fileio
+import interrupts
 import media
 import run_config
 import sources
@@ -110,9 +112,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         run, step = locate(args.logdir)
         settings = dataclasses.replace(settings, step=step)
-        evaluate(run, settings)
+        with interrupts.Interrupts() as stop:
+            evaluate(run, settings, stop=stop)
     except ValueError as e:
         parser.error(str(e))
+    except (checkpointing.CheckpointError, fileio.WriteError) as e:
+        sys.exit(f"error: {e}")
+    except interrupts.Interrupted as e:
+        interrupts.exit_on(e)
+    except KeyboardInterrupt:  # a second signal
+        print("interrupted; summary.json was not written", file=sys.stderr)
+        sys.exit(128 + interrupts.signal.SIGINT)
 
 
 def locate(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
@@ -130,7 +140,8 @@ def locate(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
 
 
 def evaluate(
-    run: str | pathlib.Path, settings: EvalSettings, *, videos: data.VideoSource | None = None
+    run: str | pathlib.Path, settings: EvalSettings, *, videos: data.VideoSource | None = None,
+    stop: interrupts.Interrupts | None = None,
 ) -> dict[str, Any]:
     """Evaluates a checkpoint of ``run`` and writes the files listed in the module doc.
 
@@ -138,6 +149,8 @@ def evaluate(
       run: the run folder.
       settings: what to evaluate.
       videos: test videos to use instead of the run's test split.
+      stop: read after each example: once it has caught a signal, the evaluation stops
+        with ``interrupts.Interrupted`` (the examples done so far stay written).
 
     Returns:
       The contents of ``summary.json``.
@@ -160,7 +173,7 @@ def evaluate(
         raise ValueError(f"no checkpoint{which} in {mgr.directory} (it holds steps "
                          f"{list(mgr.all_steps())})")
     graphdef, abstract = checkpointing.abstract_state(config)
-    params = checkpointing.restore(mgr, step, abstract)[0].params
+    params = checkpointing.restore(mgr, step, abstract, config=config)[0].params
     mgr.close()
     model = nnx.merge(graphdef, params)
 
@@ -212,6 +225,11 @@ def evaluate(
                       all_psnr[i], all_ssim[i], settings)
         print(f"example {i + 1}/{settings.num_examples}: PSNR {all_psnr[i].mean():.2f} "
               f"SSIM {all_ssim[i].mean():.4f}", flush=True)
+        if stop is not None and stop.signum is not None and i + 1 < settings.num_examples:
+            raise interrupts.Interrupted(
+                stop.signum, f"{interrupts.name(stop.signum)}: stopped after example {i + 1} "
+                f"of {settings.num_examples}; {outdir / 'examples'} holds those done, "
+                "summary.json was not written")
 
     frames = np.arange(ctx, length)
     summary_curves = write_curves(outdir, frames, all_psnr, all_ssim)

@@ -90,7 +90,8 @@ class TrainConfig:
       generated_videos: training videos rendered when ``data_source`` is ``generated``
         or ``pushed``.
       generated_digits, generated_speed: digits per generated Moving MNIST video and
-        their speed range in pixels per frame (``generated`` only).
+        their speed range in pixels per frame (``generated`` only). Generated videos are
+        rendered at 64x64; a ``model.frame_size`` of 32 a side averages each 2x2 block.
       datadir: tfds data folder; ``None`` is tfds's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       seed: seeds the parameters, the training noise, the data order and the video noise.
@@ -257,10 +258,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         m, t, e = self.model, self.train, self.eval
-        if t.data_source != "folder" and m.frame_size != (64, 64):
+        if t.data_source == "generated" and any(64 % side for side in m.frame_size):
+            raise ValueError(f"generated Moving MNIST is rendered at 64x64 and averaged down "
+                             f"by whole blocks, so each side of frame_size must divide 64 "
+                             f"(32 or 64), got {list(m.frame_size)}")
+        if t.data_source not in ("folder", "generated") and m.frame_size != (64, 64):
             raise ValueError(f"dataset {t.dataset!r} has 64x64 frames, but the model has "
                              f"frame_size={list(m.frame_size)}; other sizes need data_source "
-                             f"'folder' (your own videos)")
+                             f"'folder' (your own videos) or 'generated' (32 or 64 a side)")
         if t.data_source != "folder" and m.channels != DATASETS[t.dataset]:
             raise ValueError(
                 f"dataset {t.dataset!r} has {DATASETS[t.dataset]} channel(s), but the model "

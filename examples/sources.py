@@ -64,8 +64,9 @@ def train_videos(cfg: TrainConfig, model: ModelConfig) -> tuple[data.VideoSource
     if cfg.data_source == "folder":
         return video_folder(cfg, model, "train"), None
     if cfg.data_source == "generated":
-        return data.generate_moving_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED,
-                                          **_generated(cfg)), None
+        return block_mean(data.generate_moving_mnist(cfg.generated_videos, cfg.seq_len,
+                                                     GENERATED_SEED, **_generated(cfg)),
+                          model.frame_size), None
     if cfg.data_source == "pushed":
         return data.generate_pushed_mnist(cfg.generated_videos, cfg.seq_len, GENERATED_SEED)
     return _tfds_split(cfg, "train"), None
@@ -78,8 +79,9 @@ def test_videos(cfg: TrainConfig, model: ModelConfig, count: int, frames: int) -
     if cfg.data_source == "folder":
         videos = video_folder(cfg, model, "test")
     elif cfg.data_source == "generated":
-        videos = data.generate_moving_mnist(count, frames, GENERATED_SEED, digit_split="test",
-                                            **_generated(cfg))
+        videos = block_mean(data.generate_moving_mnist(count, frames, GENERATED_SEED,
+                                                       digit_split="test", **_generated(cfg)),
+                            model.frame_size)
     elif cfg.data_source == "pushed":
         videos, actions = data.generate_pushed_mnist(count, frames, GENERATED_SEED, digit_split="test")
     else:
@@ -101,6 +103,17 @@ def video_folder(cfg: TrainConfig, model: ModelConfig, split: str) -> data.Video
             f"frame_size [{folder.frame_shape[0]}, {folder.frame_shape[1]}], or resize: true"
         )
     return folder
+
+
+def block_mean(videos: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    """``(N, T, H, W, C)`` uint8 videos averaged over whole blocks down to ``frame_size``
+    (each side dividing its own), rounded to the nearest level."""
+    n, t, h, w, c = videos.shape
+    (fh, fw) = frame_size
+    if (fh, fw) == (h, w):
+        return videos
+    blocks = videos.reshape(n, t, fh, h // fh, fw, w // fw, c).mean(axis=(3, 5), dtype=np.float32)
+    return np.rint(blocks).astype(np.uint8)
 
 
 def _generated(cfg: TrainConfig) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import checkpointing
 import fileio
+import interrupts
 import media
 import run_config
 import sources
@@ -73,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     try:
         train_and_evaluate(config, workdir)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, checkpointing.CheckpointError, fileio.WriteError) as e:
         sys.exit(f"error: {e}")
+    except interrupts.Interrupted as e:
+        interrupts.exit_on(e)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("interrupted; the checkpoints already written are kept", file=sys.stderr)
+        sys.exit(128 + interrupts.signal.SIGINT)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Path]:
@@ -147,6 +153,12 @@ def train_and_evaluate(
         field that would change the trajectory.
       NonFiniteLossError: a step gave a non-finite loss or gradient norm; the checkpoints
         written before it are kept and nothing after it is saved.
+      checkpointing.CheckpointError: every checkpoint in ``workdir`` is damaged, or one
+        could not be written (the earlier ones are intact). A damaged newest checkpoint
+        is not an error: the run resumes from the newest good one, with a warning.
+      fileio.WriteError: a log, config or video file could not be written.
+      interrupts.Interrupted: SIGINT or SIGTERM arrived; the run stopped at the next
+        step boundary after saving a checkpoint there.
 
     With ``config.train.mesh`` the step runs data-parallel on that mesh
     (``clockwork.parallel``); in a multi-process run every process calls this, each
@@ -166,7 +178,8 @@ def train_and_evaluate(
     if t.video_every and t.video_examples > rows:
         raise ValueError(f"video_examples ({t.video_examples}) must not exceed the rows of "
                          f"each process ({rows})")
-    workdir.mkdir(parents=True, exist_ok=True)
+    with fileio.reporting(workdir, "the run folder"):
+        workdir.mkdir(parents=True, exist_ok=True)
     prepare_workdir(config, workdir, write=primary)
     wandb_run = start_wandb(config, workdir) if t.wandb and primary else None
     train_src, train_actions, val_batch = load_videos(config, videos)
@@ -178,17 +191,21 @@ def train_and_evaluate(
         train_src, seq_len=t.seq_len, batch_size=rows, seed=t.seed, prefetch=t.prefetch,
         actions=train_actions,
     )
-    last_saved = mgr.latest_step()
-    if last_saved is None:
+    graphdef, abstract = checkpointing.abstract_state(config)
+    sharding = None if mesh is None else parallel.replicated(mesh)
+    found = checkpointing.restore_latest(mgr, abstract, sharding, config,
+                                         warn=print if primary else lambda _: None)
+    pending: list[dict[str, Any]] = []  # metrics on device, fetched when logged
+    if found is None:
+        last_saved = None
         model = checkpointing.build_model(config, init_key)
         graphdef, state = init_train_state(model, optimizer, train_key)
         del model
         if mesh is not None:
             state = parallel.shard_params(state, mesh)
     else:
-        graphdef, abstract = checkpointing.abstract_state(config)
-        sharding = None if mesh is None else parallel.replicated(mesh)
-        state, position = checkpointing.restore(mgr, last_saved, abstract, sharding)
+        last_saved, state, position = found
+        pending = position.pop("window", [])  # steps since the last record, when interrupted
         pipeline.restore(position)
     start = int(parallel.host_local(state.step))
     if primary and start >= t.num_steps:
@@ -211,10 +228,11 @@ def train_and_evaluate(
     bar = tqdm(total=t.num_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (primary and sys.stderr.isatty()))
     throughput = Throughput(t.batch_size * t.seq_len)
-    pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
     perf: dict[str, float] = {}
     written: list[pathlib.Path] = []
+    stop = interrupts.Interrupts()
     try:
+        stop.__enter__()
         for step in range(start + 1, t.num_steps + 1):
             batch = next(pipeline)
             state, metrics = step_fn(state, *(batch if isinstance(batch, tuple) else (batch,)))
@@ -243,11 +261,22 @@ def train_and_evaluate(
                 written = write_videos(video_fn, parallel.host_local(state.params), batch,
                                        val_batch, key, step, workdir / "videos", log)
             if step % t.ckpt_every == 0 or final:
-                checkpointing.save(mgr, state, pipeline.state())
+                checkpointing.save(mgr, state, pipeline.state(), config)
                 last_saved = step
             if step % t.log_every == 0 or final:
                 throughput.restart()  # frames/s leave out logging, videos and checkpoints
+            if stop.signum is not None and not final:
+                if last_saved != step:
+                    if pending:  # the unlogged steps pass the non-finite check first
+                        window_means(pending, step, ckpt_dir, last_saved)
+                    window = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+                    checkpointing.save(mgr, state, pipeline.state(), config, window)
+                raise interrupts.Interrupted(
+                    stop.signum, f"{interrupts.name(stop.signum)}: stopped at step {step} of "
+                    f"{t.num_steps}, saved in {ckpt_dir / str(step)}; run the same command "
+                    "to resume")
     finally:
+        stop.__exit__()
         bar.close()
         pipeline.close()
         if log is not None:
@@ -395,7 +424,8 @@ def write_videos(
     train_actions = None if actions is None else actions[:rows]
     pred, metrics = jax.device_get(video_fn(params, train, val_batch, key, train_actions, val_actions))
     log.write(step, {f"val/{k}": float(v) for k, v in metrics.items()})
-    folder.mkdir(exist_ok=True)
+    with fileio.reporting(folder, "videos into"):
+        folder.mkdir(exist_ok=True)
     written = []
     for split, truth, p in (("train", train, pred[: len(train)]),
                             ("val", val_batch, pred[len(train):])):
@@ -418,13 +448,15 @@ class MetricLog:
     def __init__(self, workdir: pathlib.Path, start: int, wandb_run: Any = None):
         self.path = workdir / "metrics.jsonl"
         truncate_records(self.path, start)
-        self.file = open(self.path, "a")
+        with fileio.reporting(self.path, "metrics"):
+            self.file = open(self.path, "a")
         self.tb = tensorboardX.SummaryWriter(str(workdir / "tb"), purge_step=start + 1)
         self.wandb = wandb_run
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.file.flush()
+        with fileio.reporting(self.path, "metrics"):
+            self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.file.flush()
         for name, value in scalars.items():
             self.tb.add_scalar(name, value, step)
         self.tb.flush()

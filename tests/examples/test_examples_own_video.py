@@ -74,10 +74,26 @@ def test_own_video_folder_frame_size_mismatch_names_the_folder(tmp_path):
 @pytest.mark.parametrize("changes,match", [
     ({"data_source": "folder"}, "data_source 'folder' needs video_dir"),
     ({"video_dir": "somewhere"}, "video_dir needs data_source 'folder'"),
-    ({"frame_size": [32, 32]}, r"has 64x64 frames, but the model has frame_size=\[32, 32\]"),
+    ({"frame_size": [32, 32], "data_source": "tfds"},
+     r"has 64x64 frames, but the model has frame_size=\[32, 32\]"),
+    ({"frame_size": [48, 48]}, r"each side of frame_size must divide 64 \(32 or 64\), got \[48, 48\]"),
     ({"frame_size": [70, 64]}, "a side of 70 does not fit the conv stacks"),
     ({"data_source": "folder", "video_dir": "v", "test_fraction": 2.0}, r"test_fraction must be in \[0, 1\]"),
 ])
 def test_own_video_config_errors_name_the_field(changes, match):
     with pytest.raises(ValueError, match=match):
         run_config.load("demo", changes)
+
+
+def test_generated_frames_at_32_are_the_2x2_block_means_of_the_64_ones():
+    import sources
+    from clockwork import data
+
+    config = run_config.load("demo", demo_tiny(generated_videos=3, seq_len=5, frame_size=(32, 32)))
+    train_videos, _ = sources.train_videos(config.train, config.model)
+    full = data.generate_moving_mnist(3, 5, sources.GENERATED_SEED).astype(np.float64)
+    want = np.rint(full.reshape(3, 5, 32, 2, 32, 2, 1).mean(axis=(3, 5)))
+    assert train_videos.shape == (3, 5, 32, 32, 1) and train_videos.dtype == np.uint8
+    np.testing.assert_array_equal(train_videos, want.astype(np.uint8))
+    test = sources.test_videos(config.train, config.model, 2, 5)
+    assert test[0].shape == (5, 32, 32, 1)
