@@ -230,3 +230,66 @@ def test_ordered_keys_keep_order_and_spread_over_buckets():
     assert keys == sorted(set(keys)) and keys[0] == 0 and keys[-1] < 2**128
     buckets = [shuffle.get_bucket_number(k, shuffle.BUCKETS_NUMBER) for k in keys]
     assert buckets == sorted(buckets) and np.bincount(buckets).max() == 5
+
+
+def _zip_with(tmp_path, archive_writer, change) -> pathlib.Path:
+    """The mazes zip with ``change(members)`` applied to its ``{name: bytes}``."""
+    import zipfile
+
+    writer = archive_writer(archives.GQN_MAZES, FRAMES, COUNTS)
+    members = writer.members()
+    change(members)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / "gqn_mazes.zip", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return manual
+
+
+def test_a_video_of_the_wrong_length_names_the_archive_and_member(tmp_path, archive_writer, encode_mp4):
+    def shorten(members):
+        members["test/0001.mp4"] = encode_mp4(np.zeros((4, 64, 64, 3), np.uint8))
+
+    manual = _zip_with(tmp_path, archive_writer, shorten)
+    with pytest.raises(ValueError, match=r"gqn_mazes\.zip.*: member test/0001\.mp4 has 4 frames, "
+                                         r"but the split's first video test/0000\.mp4 has 9"):
+        prepare("gqn_mazes", tmp_path / "data", manual)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (b"not a video at all", r"member test/0001\.mp4: cannot decode it as a video"),
+    ("small", r"member test/0001\.mp4: frames are 32x32, expected 64x64"),
+])
+def test_an_undecodable_or_wrong_size_member_names_the_archive(tmp_path, archive_writer, encode_mp4,
+                                                             bad, match):
+    def damage(members):
+        members["test/0001.mp4"] = (encode_mp4(np.zeros((9, 32, 32, 3), np.uint8))
+                                    if bad == "small" else bad)
+
+    manual = _zip_with(tmp_path, archive_writer, damage)
+    with pytest.raises(ValueError, match=r"gqn_mazes\.zip.*" + match):
+        prepare("gqn_mazes", tmp_path / "data", manual)
+
+
+def test_a_damaged_zip_entry_names_the_member_and_leaves_no_dataset(tmp_path, archive_writer):
+    """A byte flipped inside a stored member fails the zip's CRC check; the failed build
+    leaves nothing that reads as a prepared dataset, and a repaired archive then builds."""
+    import zipfile
+
+    manual = _zip_with(tmp_path, archive_writer, lambda members: None)
+    path = manual / "gqn_mazes.zip"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("test/0001.mp4")
+    raw[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF  # inside its data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"gqn_mazes\.zip: member test/0001\.mp4 cannot be "
+                                         r"read: Bad CRC-32"):
+        prepare("gqn_mazes", tmp_path / "data", manual)
+    assert not tfds.builder("gqn_mazes", data_dir=tmp_path / "data").is_prepared()
+    with pytest.raises(ValueError, match="Bad CRC-32"):  # tried again, not read half-built
+        load_split("gqn_mazes", "train", data_dir=tmp_path / "data", manual_dir=manual)
+    path.unlink()
+    archive_writer(archives.GQN_MAZES, FRAMES, COUNTS).write_zip(manual)
+    assert len(load_split("gqn_mazes", "test", data_dir=tmp_path / "data", manual_dir=manual)) == 2

@@ -13,6 +13,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ import pytest
 from clockwork import parallel
 
 WORKER = pathlib.Path(__file__).with_name("parallel_worker.py")
-TIMEOUT = 300  # seconds; a hung collective fails the test instead of blocking CI
+QUIET_LIMIT = 900  # seconds without a line from a worker: hung (a collective that never ends)
 
 
 def start(mode: str, out: pathlib.Path, *args: str, devices: int = 1) -> subprocess.Popen:
@@ -35,14 +37,29 @@ def start(mode: str, out: pathlib.Path, *args: str, devices: int = 1) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = TIMEOUT) -> None:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"worker timed out:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
+def finish(process: subprocess.Popen, quiet_limit: float = QUIET_LIMIT) -> None:
+    """Waits for a worker for as long as it keeps printing (each phase prints a line), so
+    that a busy machine only slows the run down; a worker silent for ``quiet_limit``
+    seconds is hung, and is killed with its output in the failure."""
+    lines: list[str] = []
+    last = [time.monotonic()]
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            last[0] = time.monotonic()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while process.poll() is None:
+        if time.monotonic() - last[0] > quiet_limit:
+            process.kill()
+            reader.join()
+            pytest.fail(f"worker printed nothing for {quiet_limit:.0f} s:\n"
+                        + "".join(lines)[-3000:])
+        time.sleep(0.2)
+    reader.join()
+    assert process.returncode == 0, "".join(lines)[-3000:]
 
 
 def free_port() -> int:
@@ -150,7 +167,7 @@ def test_two_processes_train_like_one_on_the_combined_batch(runs):
 def cells_run(tmp_path_factory) -> dict:
     """Models with user cells on meshes of 1, 2 and 4 fake devices."""
     out = once(tmp_path_factory, "parallel_cells",
-               lambda out: finish(start("cells", out, devices=4), timeout=2 * TIMEOUT))
+               lambda out: finish(start("cells", out, devices=4)))
     return read(out, "cells")
 
 
@@ -194,3 +211,16 @@ def test_parse_mesh(spec, shape):
 def test_parse_mesh_rejects(spec):
     with pytest.raises(ValueError, match="mesh must be 'auto', DATA or DATAxMODEL"):
         parallel.parse_mesh(spec)
+
+
+def test_the_watchdog_kills_a_silent_worker_and_waits_for_a_slow_one(tmp_path):
+    slow = subprocess.Popen([sys.executable, "-c", "import time\nfor i in range(4):\n"
+                             "    time.sleep(0.5); print(i, flush=True)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finish(slow, quiet_limit=1.5)  # 2 s in all, but never silent for 1.5 s
+    silent = subprocess.Popen([sys.executable, "-c", "print('started', flush=True)\n"
+                               "import time; time.sleep(60)"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with pytest.raises(pytest.fail.Exception, match="printed nothing for 2 s:\nstarted"):
+        finish(silent, quiet_limit=2)
+    assert silent.poll() is not None  # killed

@@ -16,6 +16,7 @@ import pathlib
 import shutil
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -123,14 +124,32 @@ class VideoArchive:
         return sorted(names)
 
     def read(self, names: list[str]) -> Iterator[bytes]:
-        """Yields the bytes of the named mp4s (names from `videos`), in order."""
+        """Yields the bytes of the named mp4s (names from `videos`), in order.
+
+        Raises:
+          ValueError: a member or file cannot be read (a damaged zip entry fails its
+            CRC check); the message names the archive and the member.
+        """
         if self.zip_path is None:
             for name in names:
-                yield pathlib.Path(name).read_bytes()
+                try:
+                    data = pathlib.Path(name).read_bytes()
+                except OSError as e:
+                    raise ValueError(f"{self}: cannot read {name}: {e.strerror or e}") from e
+                yield data
             return
-        with zipfile.ZipFile(self.zip_path) as zf:
+        try:
+            zf = zipfile.ZipFile(self.zip_path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{self.zip_path} is not a readable zip file: {e}") from e
+        with zf:
             for name in names:
-                yield zf.read(name)
+                try:
+                    data = zf.read(name)
+                except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+                    raise ValueError(f"{self.zip_path}: member {name} cannot be read: "
+                                     f"{e}") from e
+                yield data
 
 
 def _zip_member_split(member: str, spec: ArchiveSpec) -> str | None:
@@ -205,15 +224,21 @@ def decode_mp4(data: bytes, channels: int) -> np.ndarray:
       channels: 1 decodes luma as grayscale, 3 decodes RGB.
 
     Raises:
-      ValueError: if frames are not 64x64 or the video has no frames.
+      ValueError: if the bytes are not a video, its frames are not 64x64 or it has no
+        frames.
     """
     import av  # pip install av: its wheels ship the ffmpeg libraries
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     pixel_format = "gray" if channels == 1 else "rgb24"
-    with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format=pixel_format) for f in container.decode(video=0)]
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise ValueError("the file holds no video stream")
+            frames = [f.to_ndarray(format=pixel_format) for f in container.decode(video=0)]
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot decode it as a video ({e})") from e
     if not frames:
         raise ValueError("the video has no frames")
     video = np.stack(frames)

@@ -164,11 +164,17 @@ class _ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(
         self, archive: archives.VideoArchive, names: list[str]
     ) -> Iterator[Example]:
+        length = None  # every video of a split has the frame count of its first one
         for index, (name, data) in enumerate(zip(names, archive.read(names), strict=True)):
             try:
                 video = archives.decode_mp4(data, self.ARCHIVE.channels)
             except ValueError as e:
-                raise ValueError(f"{name}: {e}") from e
+                raise ValueError(f"{archive}: member {name}: {e}") from e
+            if length is None:
+                length = len(video)
+            elif len(video) != length:
+                raise ValueError(f"{archive}: member {name} has {len(video)} frames, but the "
+                                 f"split's first video {names[0]} has {length}")
             yield ordered_key(index, len(names)), {"video": video}
 
 
