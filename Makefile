@@ -1,5 +1,6 @@
 # Two entry points on a fresh machine with Python >= 3.11 and make:
-#   make demo   -- create .venv, install, train a small CW-VAE on generated Moving MNIST
+#   make demo   -- create .venv, install, train a small CW-VAE on generated Moving MNIST,
+#                  score its open-loop predictions and redraw docs/demo_prediction.png
 #   make test   -- create .venv, install with test extras, run the test suite
 #   make docs   -- build the documentation site into build/site (make docs SERVE=1 serves it)
 PYTHON ?= python3
@@ -16,7 +17,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev,data,examples,docs]"
 
 demo: install
-	$(BIN)/python examples/train.py --config demo --logdir runs/demo
+	$(BIN)/python examples/demo.py --logdir runs/demo --picture docs/demo_prediction.png
 
 docs: install
 ifdef SERVE

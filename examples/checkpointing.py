@@ -30,6 +30,7 @@ import pathlib
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +291,11 @@ def _quiet() -> Iterator[None]:
         yield
     except BaseException:
         gc.collect()  # the failed operation's coroutines complain now, not at exit
+        hook = _without_orbax_coroutines(hook)  # and those collected later are dropped,
+        warnings.filterwarnings(  # with the warnings of those it never awaited
+            "ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
+        sys.excepthook = _without_closed_loop_errors(sys.excepthook)
+        levels[1] = logging.CRITICAL  # its tasks' "exception never retrieved", also later
         raise
     else:
         stderr.write(captured.getvalue())
@@ -297,6 +303,35 @@ def _quiet() -> Iterator[None]:
         sys.stderr, sys.unraisablehook = stderr, hook
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
+
+
+def _without_closed_loop_errors(hook: Callable[..., None]) -> Callable[..., None]:
+    """``hook`` (a ``sys.excepthook``), silent about ``RuntimeError('Event loop is
+    closed')``: TensorStore's threads, still finishing a failed operation, print one
+    through it each time they call back into Orbax's event loop, which has closed."""
+    if getattr(hook, "drops_closed_loop_errors", False):
+        return hook
+
+    def filtered(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if not (kind is RuntimeError and str(error) == "Event loop is closed"):
+            hook(kind, error, tb)
+
+    filtered.drops_closed_loop_errors = True  # type: ignore[attr-defined]
+    return filtered
+
+
+def _without_orbax_coroutines(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``hook`` (a ``sys.unraisablehook``), silent about Orbax's abandoned coroutines."""
+    if getattr(hook, "drops_orbax_coroutines", False):
+        return hook
+
+    def filtered(unraisable: Any) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or "orbax" not in code.co_filename:
+            hook(unraisable)
+
+    filtered.drops_orbax_coroutines = True  # type: ignore[attr-defined]
+    return filtered
 
 
 def _read(mgr: ocp.CheckpointManager, step: int, where: pathlib.Path, **items: Any) -> Any:

@@ -26,7 +26,7 @@ def test_pushed_digits_train_with_actions_and_evaluate(tmp_path):
 
 
 @pytest.mark.parametrize("changes,match", [
-    ({"data_source": "pushed"}, "data source 'pushed' has 2 action dims, but the model has action_size=0"),
+    ({"data_source": "pushed", "frame_size": (64, 64)}, "data source 'pushed' has 2 action dims, but the model has action_size=0"),
     ({"action_size": 2}, "data source 'generated' has no action dims, but the model has action_size=2"),
 ])
 def test_action_size_must_match_the_data_source(changes, match):

@@ -131,7 +131,7 @@ def test_every_checkpoint_damaged_stops_with_one_line_naming_the_folder(runs, tm
     done = subprocess.run(
         [sys.executable, "train.py", "--logdir", str(workdir), "--num_steps", "8"],
         cwd=EXAMPLES, env=CHILD_ENV, capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: no usable checkpoint in {workdir / 'checkpoints'}: all 3 "
                            "are damaged"), done.stderr[-2000:]

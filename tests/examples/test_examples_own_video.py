@@ -7,7 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
-from examples_testlib import EXAMPLES, cli, demo_tiny, records
+from examples_testlib import DEMO_DATA, EXAMPLES, cli, demo_tiny, records
 
 import eval as evaluator
 import run_config
@@ -47,7 +47,8 @@ def test_own_video_page_commands_train_at_a_non_square_size_and_evaluate(tmp_pat
     train_args = [paths.get(a, a) for a in train_cmd[2:]]
     assert "--frame_size" in train_args and "--resize" in train_args
     # The page's command at test size: the tiny model and schedule override its values.
-    tiny = {k: v for k, v in demo_tiny().items() if k not in ("seq_len", "eval_seq_len")}
+    tiny = {k: v for k, v in demo_tiny().items()
+            if k not in ("seq_len", "eval_seq_len", *DEMO_DATA)}
     train.main([*train_args, *cli({**tiny, "seq_len": 8, "num_steps": 2, "log_every": 1,
                                    "ckpt_every": 1, "keep_every": 0, "video_every": 2})])
     trained = [r for r in records(run) if "train/loss" in r]

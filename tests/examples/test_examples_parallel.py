@@ -25,7 +25,7 @@ def test_mesh_run_trains_checkpoints_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--mesh", "2x"], "mesh must be 'auto', DATA or DATAxMODEL"),
-    (["--mesh", "3"], "batch_size (4) must be a multiple of the mesh's data axis (3)"),
+    (["--mesh", "3"], "batch_size (8) must be a multiple of the mesh's data axis (3)"),
     (["--process_id", "1"], "--process_id need(s) --distributed"),
     (["--distributed"], "--distributed needs --mesh"),
 ])
