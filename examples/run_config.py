@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import math
 import os
 import pathlib
 import re
@@ -155,9 +156,9 @@ class TrainConfig:
         if not 0.0 <= self.test_fraction <= 1.0:
             raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
         low, high = self.generated_speed
-        if not 0.0 <= low <= high:
-            raise ValueError(f"generated_speed must be [low, high] with 0 <= low <= high, got "
-                             f"{list(self.generated_speed)}")
+        if not (0.0 <= low <= high and math.isfinite(high)):
+            raise ValueError(f"generated_speed must be [low, high] with 0 <= low <= high, both "
+                             f"finite, got {list(self.generated_speed)}")
         _check_ints(
             self,
             ("generated_videos", "generated_digits", "batch_size", "seq_len", "num_steps", "log_every",
@@ -183,7 +184,7 @@ class EvalConfig:
     Attributes:
       eval_seq_len: context plus predicted frames of an evaluation (``eval.py --seq-len``).
       open_loop_ctx: context frames of the videos and of an evaluation; a multiple of the
-        top level's period.
+        top level's period, below ``eval_seq_len``.
     """
 
     eval_seq_len: int = 1000
@@ -191,6 +192,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_ints(self, ("eval_seq_len",), ("open_loop_ctx",))
+        if self.open_loop_ctx >= self.eval_seq_len:
+            raise ValueError(
+                f"an evaluation predicts eval_seq_len - open_loop_ctx frames: open_loop_ctx "
+                f"({self.open_loop_ctx}) must be below eval_seq_len ({self.eval_seq_len})"
+            )
 
 
 SECTIONS: dict[str, type] = {

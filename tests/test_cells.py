@@ -183,7 +183,7 @@ def test_unroll_checks_inputs(cell):
     noise = draw_noise(cell, jax.random.key(0), B, 3)
     with pytest.raises(ValueError, match="needs embeddings"):
         unroll(cell, cell.initial_state(B), None, contexts, noise, use_obs=True)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=rf"embeds must have shape \({B}, 3, {EMB}\), got \({B}, 4, {EMB}\)"):
         unroll(cell, cell.initial_state(B), jnp.zeros((B, 4, EMB)), contexts, noise,
                use_obs=True)
     with pytest.raises(ValueError, match=r"noise has leading shape \(2, 2\), expected \(2, 3\)"):

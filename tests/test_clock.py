@@ -53,11 +53,11 @@ def test_tile_reads_step_t_over_k():
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    ((0,), ValueError, r"factors\[0\] must be an integer >= 1, got 0$"),
-    ((2, -1), ValueError, r"factors\[1\] must be an integer >= 1, got -1$"),
-    ((2.5,), TypeError, r"factors\[0\] must be an integer >= 1, got 2\.5 \(float\)"),
-    (("3",), TypeError, r"factors\[0\] must be an integer >= 1, got '3' \(str\)"),
-    ((True,), TypeError, r"factors\[0\] must be an integer >= 1, got True \(bool\)"),
+    ((0,), ValueError, r"factors\[0\] must be a positive int, got 0$"),
+    ((2, -1), ValueError, r"factors\[1\] must be a positive int, got -1$"),
+    ((2.5,), TypeError, r"factors\[0\] must be a positive int, got 2\.5 \(float\)"),
+    (("3",), TypeError, r"factors\[0\] must be a positive int, got '3' \(str\)"),
+    ((True,), TypeError, r"factors\[0\] must be a positive int, got True \(bool\)"),
 ])
 def test_bad_factors(bad, error, match):
     # A value out of range is a ValueError, a value of the wrong type a TypeError.

@@ -69,20 +69,20 @@ def test_frame_size_gradients_of_the_fast_convs_match_lax():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size,message", [
-    ((70, 70), r"a side of 70 does not fit .* nearest sides that work are 64 and 80"),
-    ((36, 64), r"a side of 36 does not fit .* multiples of 8 .* 32 and 40"),
-    ((64, 100), r"a side of 100 .* 96 and 112"),
-    ((16, 64), r"a side of 16 is too small; .* at least 32"),
-    ((64,), r"frame_size must be \(height, width\) integers"),
-    ((64.0, 64), r"frame_size must be \(height, width\) integers"),
+@pytest.mark.parametrize("size,error,message", [
+    ((70, 70), ValueError, r"a side of 70 does not fit .* nearest sides that work are 64 and 80"),
+    ((36, 64), ValueError, r"a side of 36 does not fit .* multiples of 8 .* 32 and 40"),
+    ((64, 100), ValueError, r"a side of 100 .* 96 and 112"),
+    ((16, 64), ValueError, r"a side of 16 is too small; .* at least 32"),
+    ((64,), ValueError, r"frame_size must be \(height, width\) ints, got \(64,\)"),
+    ((64.0, 64), TypeError, r"frame_size must be \(height, width\) ints, got \(64\.0, 64\)"),
 ])
-def test_frame_size_errors_name_the_size_and_the_nearest_that_work(size, message):
-    with pytest.raises(ValueError, match=message):
+def test_frame_size_errors_name_the_size_and_the_nearest_that_work(size, error, message):
+    with pytest.raises(error, match=message):
         conv_layout(size)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         ModelConfig(frame_size=size)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         ConvDecoder(4, frame_size=size, rngs=nnx.Rngs(0))
 
 

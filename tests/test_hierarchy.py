@@ -154,7 +154,7 @@ def test_bad_construction_and_inputs():
         Hierarchy([object()], Clock(()))
     hier = three_levels()
     e = embeddings(hier.clock, 12)
-    with pytest.raises(ValueError, match=r"embeds\[1\] has shape"):
+    with pytest.raises(ValueError, match=r"embeds\[1\] must have shape"):
         hier.observe([e[0], e[1][:, :3], e[2]], jax.random.key(0))
     with pytest.raises(ValueError, match="expected 3 embeddings"):
         hier.observe(e[:2], jax.random.key(0))

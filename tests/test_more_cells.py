@@ -275,15 +275,19 @@ def test_categorical_lstm_and_mdn_cells_follow_the_protocol(name):
 @pytest.mark.parametrize("make,options,match", [
     (categorical, {"unimix": 1.0}, "unimix must be a number in \\[0, 1\\)"),
     (categorical, {"unimix": -0.1}, "unimix"),
-    (lambda **kw: CategoricalRSSMCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"groups": 0}, "groups must be an int >= 1"),
+    (lambda **kw: CategoricalRSSMCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"groups": 0}, "groups must be a positive int, got 0"),
     (lambda **kw: CategoricalRSSMCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"classes": 1}, "classes must be an int >= 2"),
     (mdn, {"temperature": 0.0}, "temperature must be a number > 0"),
     (lambda **kw: MDNRNNCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"mixtures": 0}, "mixtures must be a positive int"),
-    (mdn, {"shared_weights": "yes"}, "shared_weights must be a bool"),
 ])
 def test_categorical_and_mdn_options_are_checked(make, options, match):
     with pytest.raises(ValueError, match=match):
         make(**options)
+
+
+def test_mdn_flag_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match=r"shared_weights must be a bool \(True or False\), got 'yes'"):
+        mdn(shared_weights="yes")
 
 
 def test_categorical_mdn_and_lstm_levels_in_one_hierarchy_train():

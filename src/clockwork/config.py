@@ -27,6 +27,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from clockwork import _checks
 from clockwork.cells.registry import resolve
 from clockwork.hierarchy.clock import Clock
 from clockwork.losses.elbo import FREE_BITS, KL_BALANCE, check_kl_options
@@ -36,24 +37,20 @@ from clockwork.training import COMPUTE_DTYPES
 CellOptions = dict[str, Any]
 
 
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
-
-
 def _per_level_floats(name: str, value: Any) -> Any:
-    """``None``, a float, or a tuple of floats (its length is checked by
-    ``LossConfig.check_levels``, which knows the levels)."""
+    """``None``, a float, or a tuple of floats (their ranges are checked by
+    ``check_kl_options``, their number by ``LossConfig.check_levels``, which knows the
+    levels)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, (list, tuple)):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"{name} must hold numbers, got {value!r}")
+            raise TypeError(f"{name} must hold numbers, got {value!r}")
         return tuple(float(v) for v in value)
-    raise ValueError(f"{name} must be a number, one number per level, or None, got {value!r}")
+    raise TypeError(f"{name} must be a number, one number per level, or None, got "
+                    f"{_checks.describe(value)}")
 
 
 class _Replace:
@@ -92,6 +89,9 @@ class ModelConfig(_Replace):
       action_size: size of actions concatenated to level 0's context (0: none).
       channel_mult, filters: the conv nets' widths ``m`` and ``f``.
       enc_dense_layers, enc_dense_embed_size: the encoder's per-level dense stacks.
+
+    Every field is checked when the config is made (``TypeError`` for a value of the
+    wrong type, ``ValueError`` for one out of range; the message names the field).
     """
 
     frame_size: tuple[int, int] = FRAME_SIZE
@@ -110,13 +110,13 @@ class ModelConfig(_Replace):
     def __post_init__(self) -> None:
         conv_layout(self.frame_size)  # names the size and the nearest sizes that work
         object.__setattr__(self, "frame_size", tuple(self.frame_size))
-        for name in ("channels", "levels", "channel_mult", "filters", "enc_dense_embed_size"):
-            _int(name, getattr(self, name), 1)
+        for name in ("channels", "levels", "temporal_factor", "channel_mult", "filters",
+                     "enc_dense_embed_size"):
+            _checks.integer(name, getattr(self, name))
         for name in ("enc_dense_layers", "action_size"):
-            _int(name, getattr(self, name), 0)
+            _checks.integer(name, getattr(self, name), 0)
         if self.factors is not None:
-            if isinstance(self.factors, (str, bytes)) or not isinstance(self.factors, (list, tuple)):
-                raise ValueError(f"factors must be a list of integers or None, got {self.factors!r}")
+            _checks.sequence("factors", self.factors, "positive ints, or None")
             object.__setattr__(self, "factors", tuple(self.factors))
         self.clock  # noqa: B018 -- validates the factors against levels
         cells = self.cell if isinstance(self.cell, (list, tuple)) else (self.cell,)
@@ -126,7 +126,7 @@ class ModelConfig(_Replace):
             object.__setattr__(self, "cell", tuple(self.cell))
         for name in cells:
             if not isinstance(name, str):
-                raise ValueError(f"cell must be a name or an import path, got {name!r}")
+                raise TypeError(f"cell must be a name or an import path, got {_checks.describe(name)}")
             resolve(name)  # an unknown name lists the registered ones
         options = self.cell_options
         if isinstance(options, (list, tuple)):
@@ -140,10 +140,11 @@ class ModelConfig(_Replace):
             object.__setattr__(self, "cell_options", dict(options))
             options = (self.cell_options,)
         else:
-            raise ValueError(f"cell_options must be a mapping or one per level, got {options!r}")
+            raise TypeError(f"cell_options must be a mapping or one per level, got "
+                            f"{_checks.describe(options)}")
         for o in options:
             if not isinstance(o, Mapping) or not all(isinstance(k, str) for k in o):
-                raise ValueError(f"cell_options must map option names to values, got {o!r}")
+                raise TypeError(f"cell_options must map option names to values, got {o!r}")
 
     @property
     def clock(self) -> Clock:
@@ -181,7 +182,8 @@ class LossConfig(_Replace):
       kl_balance: DreamerV2/V3's KL balancing weights ``(dynamics, representation)``
         (DreamerV3: ``(0.5, 0.1)``), or ``None``.
 
-    ``dreamerv3`` gives DreamerV3's free bits and balancing.
+    ``dreamerv3`` gives DreamerV3's free bits and balancing. Every field is checked
+    when the config is made (``check_kl_options``).
     """
 
     dec_stddev: float = 1.0
@@ -192,10 +194,8 @@ class LossConfig(_Replace):
     kl_balance: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.dec_stddev, bool) or not isinstance(self.dec_stddev, (int, float)) \
-                or not self.dec_stddev > 0:
-            raise ValueError(f"dec_stddev must be > 0, got {self.dec_stddev!r}")
-        object.__setattr__(self, "dec_stddev", float(self.dec_stddev))
+        object.__setattr__(self, "dec_stddev",
+                           _checks.number("dec_stddev", self.dec_stddev, low=0.0, low_open=True))
         for name in ("beta", "free_nats", "free_bits"):
             object.__setattr__(self, name, _per_level_floats(name, getattr(self, name)))
         if isinstance(self.kl_balance, list):
@@ -226,7 +226,8 @@ class LossConfig(_Replace):
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig(_Replace):
-    """Adam after clipping the gradients' global norm (docs/model.md#presets)."""
+    """Adam after clipping the gradients' global norm (docs/model.md#presets); every
+    field a finite number > 0."""
 
     lr: float = 3e-4
     adam_eps: float = 1e-4
@@ -234,10 +235,8 @@ class OptimConfig(_Replace):
 
     def __post_init__(self) -> None:
         for name in ("lr", "adam_eps", "grad_clip_norm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, _checks.number(name, getattr(self, name), low=0.0,
+                                                          low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,14 +258,11 @@ class SpeedConfig(_Replace):
     compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        _checks.choice("conv_impl", self.conv_impl, CONV_IMPLS)
         if self.conv_chunk is not None:
-            _int("conv_chunk", self.conv_chunk, 1)
-        if not isinstance(self.remat, bool):
-            raise ValueError(f"remat must be true or false, got {self.remat!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+            _checks.integer("conv_chunk", self.conv_chunk)
+        _checks.flag("remat", self.remat)
+        _checks.choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +298,6 @@ PRESETS: dict[str, Preset] = {
 
 def preset(name: str) -> Preset:
     """One of ``PRESETS`` (``mmnist``, ``mazes``, ``minerl``)."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name]

@@ -8,31 +8,29 @@ sample covariance, data range 2: the float dtype's range ``-1..1``).
 
 Frames are float arrays ``(..., H, W, C)`` (not clipped); every leading axis (batch,
 time, ...) is mapped over and each metric returns one value per frame, ``(...)``. All
-functions are pure; ``psnr`` and ``ssim`` are jitted (their flags static) and
-nest inside other jitted code.
+functions are pure; ``psnr`` and ``ssim`` check their arguments and run a jitted
+computation (their flags static), and nest inside other jitted code.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from clockwork import _checks
+
 
 def _check_frames(pred: jax.Array, target: jax.Array) -> None:
     """Raise unless both are float frames ``(..., H, W, C)`` of one shape."""
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
-    if pred.ndim < 3:
-        raise ValueError(f"frames must be (..., H, W, C), got shape {pred.shape}")
-    for x in (pred, target):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"frames must be floating point, got {x.dtype}")
+    _checks.float_array("pred", pred, (..., "H", "W", "C"))
+    _checks.float_array("target", target)
+    _checks.same_shape("target", target, "pred", pred)
 
 
-@functools.partial(jax.jit, static_argnames="per_channel")
 def psnr(
     pred: jax.Array, target: jax.Array, data_range: float = 1.0, *, per_channel: bool = True
 ) -> jax.Array:
@@ -58,8 +56,19 @@ def psnr(
       >>> x = jnp.zeros((2, 8, 8, 3))
       >>> psnr(x + 0.5, x).round(4)  # mse = 1/4, so 10 log10(4) dB
       Array([6.0206, 6.0206], dtype=float32)
+
+    Raises:
+      TypeError, ValueError: ``pred`` or ``target`` is not a float array ``(..., H, W,
+        C)`` or their shapes differ, ``data_range`` is not a positive number (arrays
+        pass unchecked) or ``per_channel`` not a bool.
     """
     _check_frames(pred, target)
+    _checks.scalar("data_range", data_range, low=0.0, low_open=True)
+    return _psnr(pred, target, data_range, per_channel=_checks.flag("per_channel", per_channel))
+
+
+@functools.partial(jax.jit, static_argnames="per_channel")
+def _psnr(pred: jax.Array, target: jax.Array, data_range: Any, *, per_channel: bool) -> jax.Array:
     axes = (-3, -2) if per_channel else (-3, -2, -1)
     mse = jnp.mean(jnp.square(pred - target), axis=axes)
     value = 10.0 * jnp.log10(data_range**2 / mse)
@@ -101,7 +110,6 @@ def _window_stats(
     return ux, uy, vx / (n - ddof), vy / (n - ddof), vxy / (n - ddof)
 
 
-@functools.partial(jax.jit, static_argnames=("win_size", "use_sample_covariance"))
 def ssim(
     pred: jax.Array,
     target: jax.Array,
@@ -143,12 +151,30 @@ def ssim(
       >>> x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
       >>> ssim(x, x)
       Array([1., 1.], dtype=float32)
+
+    Raises:
+      TypeError, ValueError: ``pred`` or ``target`` is not a float array ``(..., H, W,
+        C)`` or their shapes differ, ``win_size`` is not an odd positive int that fits
+        the frames, ``data_range`` not a positive number or ``k1``, ``k2`` not
+        non-negative ones (arrays pass unchecked), or ``use_sample_covariance`` is not
+        a bool.
     """
     _check_frames(pred, target)
-    if win_size % 2 != 1:
+    if _checks.integer("win_size", win_size) % 2 != 1:
         raise ValueError(f"win_size must be odd, got {win_size}")
     if min(pred.shape[-3:-1]) < win_size:
         raise ValueError(f"frames {pred.shape[-3:-1]} are smaller than the window {win_size}")
+    _checks.scalar("data_range", data_range, low=0.0, low_open=True)
+    _checks.scalar("k1", k1, low=0.0)
+    _checks.scalar("k2", k2, low=0.0)
+    _checks.flag("use_sample_covariance", use_sample_covariance)
+    return _ssim(pred, target, data_range, win_size=win_size, k1=k1, k2=k2,
+                 use_sample_covariance=use_sample_covariance)
+
+
+@functools.partial(jax.jit, static_argnames=("win_size", "use_sample_covariance"))
+def _ssim(pred: jax.Array, target: jax.Array, data_range: Any, *, win_size: int, k1: Any,
+          k2: Any, use_sample_covariance: bool) -> jax.Array:
     ux, uy, vx, vy, vxy = _window_stats(pred, target, win_size, int(use_sample_covariance))
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
@@ -180,6 +206,7 @@ def best_of_samples(values: jax.Array) -> tuple[jax.Array, jax.Array]:
       >>> index
       Array([1, 0], dtype=int32)
     """
+    _checks.array("values", values, (..., "num_samples", "horizon"))
     index = jnp.argmax(jnp.mean(values, axis=-1), axis=-1)
     curves = jnp.take_along_axis(values, index[..., None, None], axis=-2)[..., 0, :]
     return curves, index
@@ -205,6 +232,9 @@ def summarize_curves(
       >>> {name: value.tolist() for name, value in summary.items()}
       {'mean': [2.0, 4.0], 'std': [1.0, 2.0], 'p50': [2.0, 4.0]}
     """
+    _checks.array("curves", curves, ("num_examples", "horizon"))
+    for i, q in enumerate(_checks.sequence("percentiles", percentiles, "numbers in [0, 100]")):
+        _checks.number(f"percentiles[{i}]", q, low=0.0, high=100.0)
     summary = {"mean": jnp.mean(curves, axis=0), "std": jnp.std(curves, axis=0)}
     for q in percentiles:
         summary[f"p{q:g}"] = jnp.percentile(curves, q, axis=0)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clockwork import _checks
 from clockwork import cells as cells_lib
 from clockwork._util import map_chunks
 from clockwork.config import LossConfig, ModelConfig, SpeedConfig
@@ -90,7 +91,9 @@ class CWVAE(nnx.Module):
       remat: recompute each chunk in the backward pass.
 
     Every part is checked when the model is built, abstractly: the embeddings must fit
-    the cells and the decoder's frames the encoder's.
+    the cells and the decoder's frames the encoder's. Every method checks its arguments
+    (``check_frames``, keys, lengths, ``use_obs``) and raises a ``TypeError`` or
+    ``ValueError`` naming the argument.
 
     Examples:
       >>> from clockwork.config import preset
@@ -117,15 +120,13 @@ class CWVAE(nnx.Module):
         conv_chunk: int | None = 50,
         remat: bool = False,
     ):
-        if not isinstance(hierarchy, Hierarchy):
-            raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
+        _checks.instance("hierarchy", hierarchy, Hierarchy)
         loss = LossConfig(dec_stddev, beta, free_nats, kl_grad_post_perc, free_bits,
                           kl_balance)  # validates
         loss.check_levels(hierarchy.levels)
-        if conv_chunk is not None and (
-            isinstance(conv_chunk, bool) or not isinstance(conv_chunk, int) or conv_chunk < 1
-        ):
-            raise ValueError(f"conv_chunk must be a positive int or None, got {conv_chunk!r}")
+        if conv_chunk is not None:
+            _checks.integer("conv_chunk", conv_chunk)
+        _checks.flag("remat", remat)
         _check_parts(encoder, hierarchy, decoder)
         self.encoder = encoder
         self.hierarchy = hierarchy
@@ -153,10 +154,10 @@ class CWVAE(nnx.Module):
         Parameters are drawn in the order encoder, cells from the fastest level up,
         decoder.
         """
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
-        loss = LossConfig() if loss is None else loss
-        speed = SpeedConfig() if speed is None else speed
+        _checks.instance("config", config, ModelConfig)
+        loss = LossConfig() if loss is None else _checks.instance("loss", loss, LossConfig)
+        speed = SpeedConfig() if speed is None else _checks.instance("speed", speed, SpeedConfig)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         clock = config.clock
         encoder = ConvEncoder(
             clock, frame_size=config.frame_size, channels=config.channels, channel_mult=config.channel_mult,
@@ -184,17 +185,22 @@ class CWVAE(nnx.Module):
         """``(H, W, C)`` of the frames the model reads and writes."""
         return tuple(self.encoder.frame_shape)
 
-    def check_frames(self, frames: Any, name: str = "frames") -> None:
-        """Raise unless ``frames`` is a float array ``(B, T, H, W, C)`` of this model."""
-        shape = getattr(frames, "shape", None)
-        want = self.frame_shape
-        if shape is None or len(shape) != 5 or tuple(shape[2:]) != want:
-            raise ValueError(f"{name} must have shape (B, T, {', '.join(map(str, want))}), got {shape}")
-        if not jnp.issubdtype(frames.dtype, jnp.floating):
-            raise TypeError(
-                f"{name} must be floats in [0, 1], got dtype {frames.dtype} "
-                "(convert uint8 video with x.astype(float32) / 255)"
-            )
+    def check_frames(self, frames: Any, name: str = "frames", *, min_frames: int = 0) -> None:
+        """Raise unless ``frames`` is a float array ``(B, T, H, W, C)`` of this model with
+        ``B >= 1`` and ``T >= min_frames``, all finite when it is concrete (not traced).
+
+        Raises:
+          TypeError: not an array, or not floats.
+          ValueError: another shape, or (a concrete array) NaN or infinite values.
+        """
+        shape = _checks.float_array(
+            name, frames, ("B", "T", *self.frame_shape), what="floats in [0, 1]",
+            hint=" (convert uint8 video with x.astype(float32) / 255)",
+        )
+        if shape[0] < 1 or shape[1] < min_frames:
+            need = f"B >= 1 sequences of T >= {min_frames} frames" if min_frames else "B >= 1 sequences"
+            raise ValueError(f"{name} must hold {need}, got shape {shape}")
+        _checks.finite(name, frames)
 
     def _check_actions(self, actions: jax.Array | None, batch: int, frames: int) -> None:
         size = self.hierarchy.action_size
@@ -222,7 +228,10 @@ class CWVAE(nnx.Module):
         actions: jax.Array | None = None,
     ) -> Rollout:
         """Encode ``(B, T, H, W, C)`` frames and unroll the posterior (``key`` or ``noise``)."""
-        self.check_frames(frames)
+        self.check_frames(frames, min_frames=1)
+        if key is not None:
+            _checks.prng_key("key", key)
+        parse_use_obs(use_obs, self.hierarchy.levels)
         self._check_actions(actions, frames.shape[0], frames.shape[1])
         embeds = self.encoder(frames, chunk=self.conv_chunk, remat=self.remat)
         return self.hierarchy.observe(embeds, key, noise=noise, use_obs=use_obs, actions=actions)
@@ -266,6 +275,7 @@ class CWVAE(nnx.Module):
     def decode(self, features: jax.Array) -> jax.Array:
         """Decoded means ``(..., H, W, C)`` of level 0's ``(..., F)`` features, over
         ``conv_chunk`` frames at a time."""
+        _checks.float_array("features", features, (..., self.hierarchy.cells[0].feature_size))
         chunk = self.conv_chunk
         flat = features.reshape(-1, features.shape[-1])
         if chunk is None:
@@ -305,14 +315,12 @@ class CWVAE(nnx.Module):
         self.check_frames(context, "context")
         clock = self.hierarchy.clock
         ctx = clock.check_top_multiple(context.shape[1], "context length")
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
-            raise ValueError(f"horizon must be a non-negative int, got {horizon!r}")
+        _checks.integer("horizon", horizon, 0)
+        _checks.prng_key("key", key)
         flags = parse_use_obs(use_obs, self.hierarchy.levels)
         self._check_actions(actions, context.shape[0], ctx + horizon)
         if chunk is not None:
-            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-                raise ValueError(f"chunk must be a positive multiple of the top period, got {chunk!r}")
-            clock.check_top_multiple(chunk, "chunk")
+            clock.check_top_multiple(_checks.integer("chunk", chunk), "chunk")
             return self._open_loop_chunks(context, horizon, key, flags, actions, chunk)
         embeds = self.encoder(context, chunk=None, remat=False)
         _, imagined = self.hierarchy.open_loop(

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from clockwork import convops
+from clockwork import _checks, convops
 from clockwork._util import map_chunks
 from clockwork.hierarchy.clock import Clock
 
@@ -43,8 +43,6 @@ class _Conv(nnx.Module):
     def __init__(
         self, cin: int, cout: int, kernel: int, transpose: bool, impl: ConvImpl, rngs: nnx.Rngs
     ):
-        if impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
         self.kernel = nnx.Param(glorot(rngs.params(), (kernel, kernel, cin, cout)))
         self.bias = nnx.Param(jnp.zeros((cout,)))
         self.transpose = transpose
@@ -79,7 +77,8 @@ def conv_layout(frame_size: tuple[int, int]) -> ConvLayout:
     back to exactly ``s``.
 
     Raises:
-      ValueError: naming the size and the nearest sizes that work.
+      TypeError: ``frame_size`` is not a sequence of ints.
+      ValueError: not two of them, or naming the size and the nearest sizes that work.
 
     Examples:
       >>> conv_layout((64, 64))
@@ -87,9 +86,11 @@ def conv_layout(frame_size: tuple[int, int]) -> ConvLayout:
       >>> conv_layout((32, 48))
       ConvLayout(depth=3, encoder_out=(2, 4), decoder_in=(1, 3))
     """
-    if (not isinstance(frame_size, (tuple, list)) or len(frame_size) != 2
+    if (not isinstance(frame_size, (tuple, list))
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in frame_size)):
-        raise ValueError(f"frame_size must be (height, width) integers, got {frame_size!r}")
+        raise TypeError(f"frame_size must be (height, width) ints, got {_checks.describe(frame_size)}")
+    if len(frame_size) != 2:
+        raise ValueError(f"frame_size must be (height, width) ints, got {frame_size!r}")
     sides = tuple(frame_size)
     for s in sides:
         if s < MIN_SIDE:
@@ -115,6 +116,8 @@ def conv_layout(frame_size: tuple[int, int]) -> ConvLayout:
 def embed_size(filters: int = 32, channel_mult: int = 1, frame_size: tuple[int, int] = FRAME_SIZE) -> int:
     """Size of the encoder's flattened conv features: ``2 * 2 * 8 * filters * channel_mult``
     at 64x64, ``h * w * 2**(depth - 1) * filters * channel_mult`` in general."""
+    _checks.integer("filters", filters)
+    _checks.integer("channel_mult", channel_mult)
     layout = conv_layout(frame_size)
     h, w = layout.encoder_out
     return h * w * 2 ** (layout.depth - 1) * filters * channel_mult
@@ -128,6 +131,11 @@ class ConvEncoder(nnx.Module):
     ``l >= 1`` maps ``h(l-1)`` per frame through ``dense_layers - 1`` hidden layers of
     ``dense_embed_size`` and a linear layer back to ``embed_size`` (no stack when
     ``dense_layers == 0``); level ``l`` then sums blocks of ``P_l`` frames.
+
+    Raises:
+      TypeError, ValueError: naming an argument that is not a positive int
+        (``dense_layers`` may be 0), a ``conv_impl`` or a ``frame_size``
+        (``conv_layout``).
     """
 
     def __init__(
@@ -145,10 +153,13 @@ class ConvEncoder(nnx.Module):
         conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
-        if not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
-        if dense_layers < 0:
-            raise ValueError(f"dense_layers must be >= 0, got {dense_layers}")
+        _checks.instance("clock", clock, Clock)
+        for name, value in (("channels", channels), ("channel_mult", channel_mult),
+                            ("filters", filters), ("dense_embed_size", dense_embed_size)):
+            _checks.integer(name, value)
+        _checks.integer("dense_layers", dense_layers, 0)
+        _checks.choice("conv_impl", conv_impl, CONV_IMPLS)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         layout = conv_layout(frame_size)
         self.clock = clock
         self.channels = channels
@@ -185,6 +196,10 @@ class ConvEncoder(nnx.Module):
         zero-padded), the same numbers in bounded memory; with ``remat`` too, each chunk
         is recomputed in the backward pass, which then holds the activations of one chunk.
         """
+        _checks.float_array("frames", frames, ("B", "T", *self.frame_shape))
+        if chunk is not None:
+            _checks.integer("chunk", chunk)
+        _checks.flag("remat", remat)
         if chunk is None:
             h = self.frame_features(frames)
         else:
@@ -209,6 +224,10 @@ class ConvDecoder(nnx.Module):
     result is the mean of a per-pixel Normal. Other frame sizes (``conv_layout``):
     the dense layer gives ``h x w x 32 f m`` for the layout's ``decoder_in``, and with
     three layers the channels are ``2f*m, f*m, C`` and the kernels ``5, 6, 6``.
+
+    Raises:
+      TypeError, ValueError: naming an argument that is not a positive int, a
+        ``conv_impl`` or a ``frame_size`` (``conv_layout``).
     """
 
     def __init__(
@@ -224,6 +243,11 @@ class ConvDecoder(nnx.Module):
         conv_impl: ConvImpl = "fast",
         rngs: nnx.Rngs,
     ):
+        for name, value in (("feature_size", feature_size), ("channels", channels),
+                            ("channel_mult", channel_mult), ("filters", filters)):
+            _checks.integer(name, value)
+        _checks.choice("conv_impl", conv_impl, CONV_IMPLS)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         layout = conv_layout(frame_size)
         self.channels = channels
         self.frame_shape = (*frame_size, channels)
@@ -244,6 +268,7 @@ class ConvDecoder(nnx.Module):
 
     def __call__(self, features: jax.Array) -> jax.Array:
         """``(..., F) -> (..., H, W, C)``."""
+        _checks.float_array("features", features, (..., self.feature_size))
         lead = features.shape[:-1]
         x = self.dense(features).reshape(-1, *self.grid, self.grid_channels)
         for i, conv in enumerate(self.convs):

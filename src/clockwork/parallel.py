@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from clockwork import _checks
 from clockwork.training import GradFn, TrainState, make_loss_fn, make_train_step_fn
 
 DATA_AXIS = "data"
@@ -69,9 +70,14 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
     propagates shardings through the model, which needs no sharding annotations.
 
     Raises:
+      TypeError, ValueError: ``data`` is not a positive int or None, ``model`` not a
+        positive int.
       ValueError: the mesh needs more devices than there are, or ``model`` does not
         divide them when ``data`` is None.
     """
+    if data is not None:
+        _checks.integer("data", data)
+    _checks.integer("model", model)
     devices = list(jax.devices() if devices is None else devices)
     if data is None:
         if len(devices) % model:
@@ -107,8 +113,18 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     Paths are joined with ``/``, e.g. ``params/decoder/dense/kernel/value`` for a
     ``TrainState`` (the optimiser state's moments carry the same
     parameter names, so one rule places a parameter and its Adam moments alike).
+
+    Raises:
+      TypeError: ``mesh`` is not a ``Mesh`` or a rule not a ``(regex, PartitionSpec)`` pair.
     """
-    compiled = [(re.compile(pattern), spec) for pattern, spec in rules or ()]
+    _checks.instance("mesh", mesh, Mesh)
+    compiled = []
+    for i, rule in enumerate(_checks.sequence("rules", rules or (), "(regex, PartitionSpec) pairs")):
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)
+                and isinstance(rule[1], PartitionSpec)):
+            raise TypeError(f"rules[{i}] must be a (regex, PartitionSpec) pair, got "
+                            f"{_checks.describe(rule)}")
+        compiled.append((re.compile(rule[0]), rule[1]))
 
     def place(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
         name = _path_name(path)
@@ -149,9 +165,10 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     (``jax.make_array_from_process_local_data``).
 
     Raises:
+      TypeError: ``mesh`` is not a ``Mesh``.
       ValueError: the global batch size is not a multiple of the data axis.
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(_checks.instance("mesh", mesh, Mesh))
     data = mesh.shape[DATA_AXIS]
 
     def place(x: Any) -> jax.Array:
@@ -237,6 +254,8 @@ def make_sharded_train_step(
     ``step.lower(state, frames)`` gives the lowered program, as ``jax.jit``'s ``lower``
     does.
     """
+    _checks.instance("mesh", mesh, Mesh)
+    _checks.flag("donate", donate)
     state_sharding = replicated(mesh) if state_sharding is None else state_sharding
     batch = batch_sharding(mesh)
     step_fn = make_train_step_fn(

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from clockwork import _checks
 from clockwork._util import to_float
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -42,10 +43,12 @@ def make_optimizer(
 
     The fields of ``OptimConfig`` are its arguments:
     ``make_optimizer(**dataclasses.asdict(preset.optim))``.
+
+    Raises:
+      TypeError, ValueError: an argument is not a finite number > 0.
     """
     for name, value in (("lr", lr), ("adam_eps", adam_eps), ("grad_clip_norm", grad_clip_norm)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        _checks.number(name, value, low=0.0, low_open=True)
     return optax.chain(
         optax.clip_by_global_norm(grad_clip_norm),
         optax.adam(lr, eps=adam_eps),
@@ -65,7 +68,15 @@ class TrainState:
 def init_train_state(
     model: nnx.Module, optimizer: optax.GradientTransformation, key: jax.Array
 ) -> tuple[nnx.GraphDef, TrainState]:
-    """Split ``model`` into its static graph and a fresh ``TrainState``."""
+    """Split ``model`` into its static graph and a fresh ``TrainState``.
+
+    Raises:
+      TypeError: ``model`` is not an ``nnx.Module``, ``optimizer`` not an optax
+        ``GradientTransformation`` or ``key`` not a PRNG key.
+    """
+    _checks.instance("model", model, nnx.Module)
+    _checks.instance("optimizer", optimizer, optax.GradientTransformation)
+    _checks.prng_key("key", key)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError("the model holds state other than parameters; it is not supported here")
@@ -76,9 +87,7 @@ def init_train_state(
 
 
 def _dtype(compute_dtype: str) -> jnp.dtype:
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
-    return jnp.dtype(compute_dtype)
+    return jnp.dtype(_checks.choice("compute_dtype", compute_dtype, COMPUTE_DTYPES))
 
 
 def make_loss_fn(
@@ -148,5 +157,6 @@ def make_train_step(
     and ``grad_norm``. With ``donate`` the input state's buffers are reused. For several
     devices, ``clockwork.parallel.make_sharded_train_step``.
     """
+    _checks.flag("donate", donate)
     step = make_train_step_fn(graphdef, optimizer, compute_dtype=compute_dtype)
     return jax.jit(step, donate_argnums=(0,) if donate else ())

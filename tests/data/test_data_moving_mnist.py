@@ -117,7 +117,7 @@ def test_shipped_digits():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="seed must be >= 0"):
+    with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
         generate_moving_mnist(1, seed=-1)
     with pytest.raises(ValueError, match="digit_split"):
         generate_moving_mnist(1, digit_split="validation")

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork.losses.kl import gaussian_entropy, gaussian_kl
 
 REQUIRED = ("feature_size", "context_size", "embed_size", "initial_state", "__call__")
@@ -136,6 +137,8 @@ def _time_major(tree: Any) -> Any:
 
 def step_keys(key: jax.Array, start: int | jax.Array, steps: int) -> jax.Array:
     """``(steps,)`` keys: ``fold_in(key, start + t)`` for ``t < steps``."""
+    _checks.prng_key("key", key)
+    _checks.integer("steps", steps, 0)
     return jax.vmap(lambda t: jax.random.fold_in(key, t))(start + jnp.arange(steps))
 
 
@@ -159,6 +162,9 @@ def draw_noise(
       >>> draw_noise(cell, jax.random.key(0), 8, 10).shape
       (8, 10, 2, 2)
     """
+    _checks.prng_key("key", key)
+    _checks.integer("batch_size", batch_size)
+    _checks.integer("steps", steps, 0)
     if not hasattr(cell, "noise"):
         return None
     keys = step_keys(key, start, steps)
@@ -194,11 +200,13 @@ def unroll(
     Returns:
       The last state and the per-step ``StepOutput`` with ``(B, N, ...)`` leaves.
     """
+    _checks.flag("use_obs", use_obs)
+    _checks.flag("remat", remat)
     if use_obs and embeds is None:
         raise ValueError("use_obs=True needs embeddings")
-    steps = contexts.shape[1]
-    if embeds is not None and embeds.shape[1] != steps:
-        raise ValueError(f"embeddings have {embeds.shape[1]} steps but contexts have {steps}")
+    batch, steps, _ = _checks.array("contexts", contexts, ("B", "N", cell.context_size))
+    if embeds is not None:
+        _checks.array("embeds", embeds, (batch, steps, cell.embed_size))
     for leaf in jax.tree.leaves(noise):
         if leaf.shape[:2] != contexts.shape[:2]:
             raise ValueError(
@@ -238,6 +246,7 @@ def check_cell(cell: Any, name: str = "cell", batch_size: int = 2) -> None:
     posterior must have a ``feature`` of ``(B, feature_size)`` and ``kl(prior)`` of
     ``(B,)``, and the fast path (if any) must return what ``__call__`` returns.
     """
+    _checks.integer("batch_size", batch_size)
     missing = [a for a in REQUIRED if not hasattr(cell, a)]
     if missing:
         raise TypeError(

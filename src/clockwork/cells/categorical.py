@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork._util import add_bias
 from clockwork.cells.base import StepOutput
 from clockwork.cells.layers import GRU, glorot
@@ -53,12 +54,6 @@ class CategoricalInputs(NamedTuple):
     noise: jax.Array
 
 
-def _check_positive(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class CategoricalRSSMCell(nnx.Module):
     """An RSSM whose latent is ``G`` groups of ``C``-way categoricals (DreamerV3).
 
@@ -81,6 +76,11 @@ class CategoricalRSSMCell(nnx.Module):
       hidden_size: ``E``.
       unimix: the uniform share in ``[0, 1)``.
 
+    Raises:
+      TypeError, ValueError: naming a size that is not a positive int (``embed_size``
+        and ``context_size`` may be 0, ``classes`` is at least 2) or a ``unimix``
+        outside ``[0, 1)``.
+
     Examples:
       >>> cell = CategoricalRSSMCell(4, 3, groups=2, classes=5, det_size=6, hidden_size=7,
       ...                            rngs=nnx.Rngs(0))
@@ -100,12 +100,14 @@ class CategoricalRSSMCell(nnx.Module):
         unimix: float = 0.01,
         rngs: nnx.Rngs,
     ):
-        g = _check_positive("groups", groups)
-        c = _check_positive("classes", classes, 2)
-        d = _check_positive("det_size", det_size)
-        e = _check_positive("hidden_size", hidden_size)
-        if isinstance(unimix, bool) or not isinstance(unimix, (int, float)) or not 0 <= unimix < 1:
-            raise ValueError(f"unimix must be a number in [0, 1), got {unimix!r}")
+        _checks.integer("embed_size", embed_size, 0)
+        _checks.integer("context_size", context_size, 0)
+        g = _checks.integer("groups", groups)
+        c = _checks.integer("classes", classes, 2)
+        d = _checks.integer("det_size", det_size)
+        e = _checks.integer("hidden_size", hidden_size)
+        _checks.number("unimix", unimix, low=0.0, high=1.0, high_open=True)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.embed_size = embed_size
         self.context_size = context_size
         self.groups, self.classes, self.det_size = g, c, d
@@ -142,6 +144,7 @@ class CategoricalRSSMCell(nnx.Module):
     ) -> tuple[CategoricalState, StepOutput]:
         """One step; ``embed (B, embed_size)``, ``context (B, context_size)``,
         ``noise (B, 2, G, C)``."""
+        _checks.flag("use_obs", use_obs)
         embeds = None if embed is None else embed[:, None]
         inputs = self.prepare(embeds, context[:, None], noise[:, None], use_obs=use_obs)
         return self.step(state, jax.tree.map(lambda x: x[:, 0], inputs), use_obs=use_obs)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork.cells.base import DeterministicState, StepOutput
 from clockwork.cells.layers import GRU, glorot
 
@@ -18,6 +19,10 @@ class GRUCell(nnx.Module):
 
     ``x = relu(Dense_E(context))``, ``det = GRU_D(det, x)``; the feature is ``det``. It
     never reads the observation embedding, so its prior and posterior are the same state.
+
+    Raises:
+      TypeError, ValueError: naming a size that is not a positive int (``embed_size``
+        may be 0).
     """
 
     def __init__(
@@ -29,6 +34,11 @@ class GRUCell(nnx.Module):
         hidden_size: int = 200,
         rngs: nnx.Rngs,
     ):
+        _checks.integer("embed_size", embed_size, 0)
+        for name, value in (("context_size", context_size), ("det_size", det_size),
+                            ("hidden_size", hidden_size)):
+            _checks.integer(name, value)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.embed_size = embed_size
         self.context_size = context_size
         self.feature_size = det_size

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clockwork import _checks
 from clockwork._util import add_bias
 
 glorot = nnx.initializers.glorot_uniform()
@@ -22,7 +23,9 @@ class GRU(nnx.Module):
     """
 
     def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs):
-        h = hidden_features
+        _checks.integer("in_features", in_features)
+        h = _checks.integer("hidden_features", hidden_features)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.hidden_features = h
         self.input_kernel = nnx.Param(glorot(rngs.params(), (in_features, 3 * h)))
         self.input_bias = nnx.Param(jnp.zeros((3 * h,)))
@@ -54,9 +57,11 @@ class LSTM(nnx.Module):
 
     def __init__(self, in_features: int, hidden_features: int, *, forget_bias: float = 1.0,
                  rngs: nnx.Rngs):
-        h = hidden_features
+        _checks.integer("in_features", in_features)
+        h = _checks.integer("hidden_features", hidden_features)
         self.hidden_features = h
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = _checks.number("forget_bias", forget_bias)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.input_kernel = nnx.Param(glorot(rngs.params(), (in_features, 4 * h)))
         self.bias = nnx.Param(jnp.zeros((4 * h,)))
         ortho = nnx.initializers.orthogonal()

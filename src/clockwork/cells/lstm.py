@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork.cells.base import StepOutput
 from clockwork.cells.layers import LSTM, glorot
 
@@ -40,6 +41,10 @@ class LSTMCell(nnx.Module):
     state. Its fast path computes the input layer and the LSTM's input product for a
     whole sequence at once, leaving one ``(B, D) x (D, 4D)`` product per step.
 
+    Raises:
+      TypeError, ValueError: naming a size that is not a positive int (``embed_size``
+        may be 0) or a ``forget_bias`` that is not a finite number.
+
     Examples:
       >>> cell = LSTMCell(4, 3, det_size=5, hidden_size=6, rngs=nnx.Rngs(0))
       >>> state = cell.initial_state(2)
@@ -58,9 +63,12 @@ class LSTMCell(nnx.Module):
         forget_bias: float = 1.0,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("det_size", det_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _checks.integer("embed_size", embed_size, 0)
+        for name, value in (("context_size", context_size), ("det_size", det_size),
+                            ("hidden_size", hidden_size)):
+            _checks.integer(name, value)
+        _checks.number("forget_bias", forget_bias)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.embed_size = embed_size
         self.context_size = context_size
         self.feature_size = det_size

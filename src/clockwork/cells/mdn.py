@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork._util import add_bias
 from clockwork.cells.base import StepOutput
 from clockwork.cells.layers import LSTM, glorot
@@ -160,15 +161,16 @@ class MDNRNNCell(nnx.Module):
         forget_bias: float = 1.0,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("stoch_size", stoch_size), ("det_size", det_size),
-                            ("hidden_size", hidden_size), ("mixtures", mixtures)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-        if not isinstance(shared_weights, bool):
-            raise ValueError(f"shared_weights must be a bool, got {shared_weights!r}")
+        _checks.integer("context_size", context_size, 0)
+        for name, value in (("embed_size", embed_size), ("stoch_size", stoch_size),
+                            ("det_size", det_size), ("hidden_size", hidden_size),
+                            ("mixtures", mixtures)):
+            _checks.integer(name, value)
+        _checks.number("temperature", temperature, low=0.0, low_open=True)
+        _checks.flag("shared_weights", shared_weights)
+        _checks.number("min_stddev", min_stddev, low=0.0)
+        _checks.number("forget_bias", forget_bias)
+        _checks.instance("rngs", rngs, nnx.Rngs)
         s, d, k = stoch_size, det_size, mixtures
         self.embed_size = embed_size
         self.context_size = context_size
@@ -234,6 +236,7 @@ class MDNRNNCell(nnx.Module):
         use_obs: bool,
     ) -> tuple[MDNCarry, StepOutput]:
         """One step; ``embed (B, embed_size)``, ``context (B, context_size)``."""
+        _checks.flag("use_obs", use_obs)
         embeds = None if embed is None else embed[:, None]
         inputs = self.prepare(embeds, context[:, None], jax.tree.map(lambda x: x[:, None], noise),
                               use_obs=use_obs)
@@ -281,12 +284,8 @@ class MDNRNNCell(nnx.Module):
           Stacked ``MixtureState`` ``(B, N, ...)`` whose step ``t`` is
           ``p(z_t | z_{<t}, contexts_{<=t})``, with ``sample = latents``.
         """
-        b, n, s = latents.shape
-        if s != self.stoch_size or contexts.shape != (b, n, self.context_size):
-            raise ValueError(
-                f"latents {latents.shape} and contexts {contexts.shape} must be (B, N, "
-                f"{self.stoch_size}) and (B, N, {self.context_size})"
-            )
+        b, n, _ = _checks.float_array("latents", latents, ("B", "N", self.stoch_size))
+        _checks.array("contexts", contexts, (b, n, self.context_size))
         if initial is None:
             initial = self.initial_state(b, latents.dtype)
         previous = jnp.concatenate([initial.sample[:, None], latents[:, :-1]], axis=1)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork._util import add_bias
 from clockwork.cells.base import GaussianState, StepOutput
 from clockwork.cells.layers import GRU, glorot
@@ -64,6 +65,10 @@ class RSSMCell(nnx.Module):
       min_stddev: added to every stddev.
       stddev_shift: ``"input"`` (default, both reference implementations):
         ``softplus(Dense(y + 0.54))``; ``"preactivation"``: ``softplus(Dense(y) + 0.54)``.
+
+    Raises:
+      TypeError, ValueError: naming the argument that is not a size (``embed_size`` and
+        ``context_size`` may be 0), a ``min_stddev >= 0`` or a ``stddev_shift``.
     """
 
     def __init__(
@@ -78,9 +83,13 @@ class RSSMCell(nnx.Module):
         stddev_shift: Literal["input", "preactivation"] = "input",
         rngs: nnx.Rngs,
     ):
-        if stddev_shift not in ("input", "preactivation"):
-            raise ValueError(f"stddev_shift must be 'input' or 'preactivation', got {stddev_shift!r}")
-        s, d, e = stoch_size, det_size, hidden_size
+        _checks.integer("embed_size", embed_size, 0)
+        _checks.integer("context_size", context_size, 0)
+        s, d, e = (_checks.integer(name, value) for name, value in (
+            ("stoch_size", stoch_size), ("det_size", det_size), ("hidden_size", hidden_size)))
+        _checks.number("min_stddev", min_stddev, low=0.0)
+        _checks.choice("stddev_shift", stddev_shift, ("input", "preactivation"))
+        _checks.instance("rngs", rngs, nnx.Rngs)
         self.embed_size = embed_size
         self.context_size = context_size
         self.stoch_size = s
@@ -116,6 +125,7 @@ class RSSMCell(nnx.Module):
     ) -> tuple[GaussianState, StepOutput]:
         """One step; ``embed (B, embed_size)``, ``context (B, context_size)``,
         ``noise (B, 2, S)``."""
+        _checks.flag("use_obs", use_obs)
         embeds = None if embed is None else embed[:, None]
         inputs = self.prepare(embeds, context[:, None], noise[:, None], use_obs=use_obs)
         return self.step(state, jax.tree.map(lambda x: x[:, 0], inputs), use_obs=use_obs)

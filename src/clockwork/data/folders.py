@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clockwork import _checks
+
 _log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".gif", ".mov", ".mkv")
@@ -56,6 +58,7 @@ def split_of(name: str, test_fraction: float) -> str:
       >>> split_of("clips/a.mp4", 0.5), split_of("clips/a.mp4", 0.0)
       ('train', 'train')
     """
+    _checks.number("test_fraction", test_fraction, low=0.0, high=1.0)
     digest = hashlib.sha256(name.encode()).digest()
     return "test" if int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction else "train"
 
@@ -115,9 +118,7 @@ class VideoFolder:
         self.root = pathlib.Path(root)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not (
-                0.0 <= test_fraction <= 1.0):
-            raise ValueError(f"test_fraction must be a number in [0, 1], got {test_fraction!r}")
+        _checks.number("test_fraction", test_fraction, low=0.0, high=1.0)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if frame_size is not None:

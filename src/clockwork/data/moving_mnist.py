@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from clockwork import _checks
+
 FRAME_SIZE = 64
 DIGIT_SIZE = 28
 LIMIT = FRAME_SIZE - DIGIT_SIZE  # a digit's top-left corner stays in [0, LIMIT]
@@ -78,14 +80,13 @@ def moving_mnist_plan(
     video (digit id, start row, start column, direction, speed), so the plan for N videos
     begins with the plan for fewer, and does not depend on T.
     """
-    if num_videos < 0:
-        raise ValueError(f"num_videos must be >= 0, got {num_videos}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if isinstance(num_digits, bool) or not isinstance(num_digits, int) or num_digits < 1:
-        raise ValueError(f"num_digits must be a positive int, got {num_digits!r}")
+    _checks.integer("num_videos", num_videos, 0)
+    _checks.integer("seed", seed, 0)
+    _checks.integer("num_digits", num_digits)
     low, high = speed_range
-    if not 0.0 <= low <= high:
+    for i, v in enumerate((low, high)):
+        _checks.number(f"speed_range[{i}]", v, low=0.0)
+    if not low <= high:
         raise ValueError(f"speed_range must be (low, high) with 0 <= low <= high, got {speed_range!r}")
     pool_size = len(mnist_digits(digit_split))
     u = np.random.default_rng([seed, _SPLIT_CODE[digit_split]]).random((num_videos, num_digits, 5))
@@ -186,12 +187,10 @@ def generate_pushed_mnist(
       >>> videos.shape, actions.shape, actions.dtype
       ((2, 5, 64, 64, 1), (2, 5, 2), dtype('float32'))
     """
-    if num_videos < 0 or num_frames < 1:
-        raise ValueError(f"need num_videos >= 0 and num_frames >= 1, got {num_videos}, {num_frames}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not 0.0 <= switch_prob <= 1.0:
-        raise ValueError(f"switch_prob must be in [0, 1], got {switch_prob!r}")
+    _checks.integer("num_videos", num_videos, 0)
+    _checks.integer("num_frames", num_frames)
+    _checks.integer("seed", seed, 0)
+    _checks.number("switch_prob", switch_prob, low=0.0, high=1.0)
     digits = mnist_digits(digit_split)
     rng = np.random.default_rng([seed, _SPLIT_CODE[digit_split], 1])
     digit_ids = rng.integers(0, len(digits), (num_videos, 1))
@@ -225,8 +224,8 @@ def iter_moving_mnist(
     `chunk_frames` bounds the frames per chunk (at least one video per chunk); the
     concatenated chunks do not depend on it.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    _checks.integer("num_frames", num_frames)
+    _checks.integer("chunk_frames", chunk_frames)
     digits = mnist_digits(digit_split)
     plan = moving_mnist_plan(num_videos, seed, digit_split, num_digits=num_digits,
                              speed_range=speed_range)

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from clockwork import _checks
+
 PipelineState = dict[str, int]
 Batch = np.ndarray | tuple[np.ndarray, np.ndarray]
 """Frames ``(B, seq_len, H, W, C)`` uint8, or ``(frames, actions (B, seq_len, A))``."""
@@ -93,15 +95,16 @@ class VideoPipeline:
     ):
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
-        if not 0 <= self.process_index < self.process_count:
+        _checks.integer("process_count", self.process_count)
+        if not 0 <= _checks.integer("process_index", self.process_index, 0) < self.process_count:
             raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
-        if seq_len < 1 or batch_size < 1 or seed < 0 or prefetch < 0:
-            raise ValueError(
-                f"need seq_len >= 1, batch_size >= 1, seed >= 0, prefetch >= 0; got "
-                f"{seq_len}, {batch_size}, {seed}, {prefetch}"
-            )
-        if num_epochs is not None and num_epochs < 0:
-            raise ValueError(f"num_epochs must be >= 0 or None, got {num_epochs}")
+        _checks.integer("seq_len", seq_len)
+        _checks.integer("batch_size", batch_size)
+        _checks.integer("seed", seed, 0)
+        _checks.integer("prefetch", prefetch, 0)
+        _checks.flag("shuffle", shuffle)
+        if num_epochs is not None:
+            _checks.integer("num_epochs", num_epochs, 0)
         if len(videos) == 0:
             raise ValueError("no videos")
         first = videos[0]

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-
-def _check_factor(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 1, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return int(value)
+from clockwork import _checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +32,16 @@ class Clock:
     factors: tuple[int, ...]
 
     def __init__(self, factors: Sequence[int]):
-        if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
-            raise TypeError(f"factors must be a sequence of integers, got {factors!r}")
-        checked = tuple(_check_factor(f"factors[{i}]", k) for i, k in enumerate(factors))
+        """Raises ``TypeError``/``ValueError`` unless ``factors`` are positive ints."""
+        _checks.sequence("factors", factors, "positive ints")
+        checked = tuple(_checks.integer(f"factors[{i}]", k) for i, k in enumerate(factors))
         object.__setattr__(self, "factors", checked)
 
     @classmethod
     def uniform(cls, levels: int, k: int) -> Clock:
         """The paper's clock: ``levels`` levels with the same factor ``k``."""
-        levels = _check_factor("levels", levels)
-        return cls((_check_factor("k", k),) * (levels - 1))
+        levels = _checks.integer("levels", levels)
+        return cls((_checks.integer("k", k),) * (levels - 1))
 
     @property
     def levels(self) -> int:
@@ -64,7 +57,7 @@ class Clock:
 
     def num_steps(self, frames: int) -> tuple[int, ...]:
         """``ceil(frames / P_l)`` for every level."""
-        frames = _check_factor("frames", frames)
+        frames = _checks.integer("frames", frames)
         return tuple(math.ceil(frames / p) for p in self.periods)
 
     @property
@@ -86,13 +79,12 @@ class Clock:
           ...
           ValueError: context=8 must be a non-negative multiple of the top period 6
         """
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < 0 or value % self.top_period:
+        value = _checks.integer(name, value, 0)
+        if value % self.top_period:
             raise ValueError(
                 f"{name}={value} must be a non-negative multiple of the top period {self.top_period}"
             )
-        return int(value)
+        return value
 
     def merge(self, x: jax.Array, level: int) -> jax.Array:
         """Sum consecutive blocks of ``P_level`` frames (zero-padding the end).
@@ -104,6 +96,7 @@ class Clock:
           ``(B, ceil(T / P_level), ...)``.
         """
         period = self.periods[self._level(level)]
+        _checks.array("x", x, ("B", "T", ...))
         if period == 1:
             return x
         b, t = x.shape[:2]
@@ -127,6 +120,8 @@ class Clock:
           ``(B, steps, ...)``.
         """
         level = self._level(level)
+        _checks.array("x", x, ("B", "N", ...))
+        steps = _checks.integer("steps", steps, 0)
         if level == 0:
             raise ValueError("tile goes from a level to the one below it; level must be >= 1")
         k = self.factors[level - 1]
@@ -137,8 +132,6 @@ class Clock:
         return jnp.repeat(x, k, axis=1, total_repeat_length=x.shape[1] * k)[:, :steps]
 
     def _level(self, level: int) -> int:
-        if isinstance(level, bool) or not isinstance(level, numbers.Integral):
-            raise TypeError(f"level must be an integer, got {level!r}")
-        if not 0 <= level < self.levels:
+        if _checks.integer("level", level, 0) >= self.levels:
             raise ValueError(f"level must be in [0, {self.levels}), got {level}")
         return int(level)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from clockwork import _checks
 from clockwork.cells.base import Cell, check_cell, draw_noise, unroll
 from clockwork.hierarchy.clock import Clock
 
@@ -33,7 +34,13 @@ def parse_use_obs(use_obs: UseObs, levels: int) -> tuple[bool, ...]:
 
     ``True``/``False`` applies to every level; a string such as ``"TTF"`` or a sequence of
     bools gives one flag per level (``"TTF"`` skips the top level's observations).
+
+    Raises:
+      TypeError: ``use_obs`` is none of these.
+      ValueError: a string or sequence of the wrong length, or a string with letters other
+        than ``T`` and ``F``.
     """
+    levels = _checks.integer("levels", levels)
     if isinstance(use_obs, bool):
         return (use_obs,) * levels
     if isinstance(use_obs, str):
@@ -42,6 +49,9 @@ def parse_use_obs(use_obs: UseObs, levels: int) -> tuple[bool, ...]:
                 f"use_obs must be {levels} letters T or F (one per level), got {use_obs!r}"
             )
         return tuple(c == "T" for c in use_obs)
+    if not isinstance(use_obs, Sequence):
+        raise TypeError(f"use_obs must be a bool, a string of T and F or a sequence of bools, "
+                        f"got {_checks.describe(use_obs)}")
     flags = tuple(use_obs)
     if len(flags) != levels or not all(isinstance(f, bool) for f in flags):
         raise ValueError(f"use_obs must hold {levels} bools (one per level), got {use_obs!r}")
@@ -65,17 +75,15 @@ class Hierarchy(nnx.Module):
     def __init__(
         self, cells: Sequence[Cell], clock: Clock, *, action_size: int = 0, remat: bool = False
     ):
-        if not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock, got {type(clock).__name__}")
-        if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
-            raise TypeError(f"cells must be a sequence of cells, one per level, got {cells!r}")
+        _checks.instance("clock", clock, Clock)
+        _checks.sequence("cells", cells, "cells, one per level")
         if len(cells) != clock.levels:
             raise ValueError(
                 f"{len(cells)} cells for a clock of {clock.levels} levels "
                 f"(factors {clock.factors}); give one cell per level"
             )
-        if isinstance(action_size, bool) or not isinstance(action_size, int) or action_size < 0:
-            raise ValueError(f"action_size must be a non-negative int, got {action_size!r}")
+        _checks.integer("action_size", action_size, 0)
+        _checks.flag("remat", remat)
         for level, cell in enumerate(cells):
             check_cell(cell, f"cells[{level}]")
             if level + 1 < len(cells):
@@ -101,6 +109,8 @@ class Hierarchy(nnx.Module):
         return self.clock.levels
 
     def initial_state(self, batch_size: int, dtype: DTypeLike = jnp.float32) -> tuple[Any, ...]:
+        """Every level's state before its first step, ``(batch_size, ...)`` leaves."""
+        _checks.integer("batch_size", batch_size)
         return tuple(cell.initial_state(batch_size, dtype) for cell in self.cells)
 
     def noise(
@@ -118,6 +128,8 @@ class Hierarchy(nnx.Module):
         ``start // P_l`` on (``draw_noise``), so ``observe(e, key)``
         equals ``observe(e, noise=self.noise(key, T, B))``.
         """
+        _checks.prng_key("key", key)
+        _checks.integer("batch_size", batch_size)
         steps = self._steps(frames)
         keys = jax.random.split(key, self.levels)
         return tuple(
@@ -144,17 +156,13 @@ class Hierarchy(nnx.Module):
           initial: per-level initial states (zeros when ``None``).
           actions: ``(B, T, action_size)``, concatenated to level 0's context.
         """
-        if isinstance(embeds, (str, bytes)) or not isinstance(embeds, Sequence):
-            raise TypeError(f"embeds must be a sequence of arrays, one per level, got {type(embeds).__name__}")
+        _checks.sequence("embeds", embeds, "arrays, one per level")
         if len(embeds) != self.levels:
             raise ValueError(f"expected {self.levels} embeddings (one per level), got {len(embeds)}")
-        frames = embeds[0].shape[1]
-        batch = embeds[0].shape[0]
+        batch, frames = _checks.float_array("embeds[0]", embeds[0], ("B", "T", "E"))[:2]
         steps = self._steps(frames)
         for level, (e, n) in enumerate(zip(embeds, steps)):
-            want = (batch, n, self.cells[level].embed_size)
-            if e.ndim != 3 or e.shape != want:
-                raise ValueError(f"embeds[{level}] has shape {e.shape}, expected {want}")
+            _checks.float_array(f"embeds[{level}]", e, (batch, n, self.cells[level].embed_size))
         flags = parse_use_obs(use_obs, self.levels)
         noise = self._noise(key, noise, frames, batch, 0, embeds[0].dtype)
         return self._unroll(list(embeds), steps, flags, noise, initial, actions, batch)
@@ -181,8 +189,7 @@ class Hierarchy(nnx.Module):
         first part's last states. With ``noise`` (from ``noise``, which takes the
         ``start``) instead of ``key``, ``start`` is not used.
         """
-        if isinstance(initial, (str, bytes)) or not isinstance(initial, Sequence):
-            raise TypeError("initial must be a sequence of states, one per level")
+        _checks.sequence("initial", initial, "states, one per level")
         if len(initial) != self.levels:
             raise ValueError(f"expected {self.levels} initial states, got {len(initial)}")
         if isinstance(start, int):
@@ -215,7 +222,11 @@ class Hierarchy(nnx.Module):
           The observed and the imagined rollouts; level 0's imagined priors hold one
           state per predicted frame.
         """
-        ctx = self.clock.check_top_multiple(embeds[0].shape[1], "context")
+        _checks.sequence("embeds", embeds, "arrays, one per level")
+        context = _checks.array("embeds[0]", embeds[0], ("B", "T", "E"))[1]
+        ctx = self.clock.check_top_multiple(context, "context")
+        _checks.integer("horizon", horizon, 0)
+        _checks.prng_key("key", key)
         obs_actions = img_actions = None
         if actions is not None:
             obs_actions, img_actions = actions[:, :ctx], actions[:, ctx:]
@@ -224,8 +235,7 @@ class Hierarchy(nnx.Module):
         return seen, self.imagine(seen.last, horizon, k_img, actions=img_actions)
 
     def _steps(self, frames: int) -> tuple[int, ...]:
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
-            raise ValueError(f"frames must be a non-negative int, got {frames!r}")
+        frames = _checks.integer("frames", frames, 0)
         return self.clock.num_steps(frames) if frames else (0,) * self.levels
 
     def _noise(
@@ -235,10 +245,6 @@ class Hierarchy(nnx.Module):
         if (key is None) == (noise is None):
             raise ValueError("give exactly one of key (a PRNG key) and noise (from Hierarchy.noise)")
         if noise is None:
-            if not isinstance(key, jax.Array) or not (
-                jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32
-            ):
-                raise TypeError(f"key must be a PRNG key (jax.random.key), got {key!r}")
             return self.noise(key, frames, batch, start=start, dtype=dtype)
         if len(noise) != self.levels:
             raise ValueError(f"expected noise for {self.levels} levels, got {len(noise)}")

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from clockwork import _checks
 from clockwork.losses.kl import gaussian_log_prob
 
 PerLevel = float | Sequence[float] | None
@@ -39,17 +40,11 @@ def _per_level(name: str, value: PerLevel, levels: int, default: float | None) -
         return [default] * levels
     if isinstance(value, (int, float)):
         return [float(value)] * levels
+    _checks.sequence(name, value, "numbers, one per level")
     value = list(value)
     if len(value) != levels:
         raise ValueError(f"{name} needs one value per level ({levels}), got {len(value)}")
     return [None if v is None else float(v) for v in value]
-
-
-def _number(name: str, value: Any, *, low: float = 0.0, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low \
-            or (high is not None and not value <= high):
-        where = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise ValueError(f"{name} must be a number {where}, got {value!r}")
 
 
 def check_kl_options(
@@ -60,11 +55,12 @@ def check_kl_options(
     kl_grad_post_perc: float | None = None,
     kl_balance: tuple[float, float] | None = None,
 ) -> None:
-    """Raise a ``ValueError`` naming the argument unless the KL options are valid
-    (docs/model.md#loss): ``beta``, ``free_nats`` and ``free_bits`` non-negative (one
-    number or one per level), ``kl_grad_post_perc`` in ``[0, 1]``, ``kl_balance`` two
-    non-negative weights; at most one of ``free_nats`` and ``free_bits``, and at most one
-    of ``kl_grad_post_perc`` and ``kl_balance``. The per-level lengths are checked where
+    """Raise a ``TypeError`` (a value that is no number) or a ``ValueError`` naming the
+    argument unless the KL options are valid (docs/model.md#loss): ``beta``,
+    ``free_nats`` and ``free_bits`` finite and non-negative (one number or one per
+    level), ``kl_grad_post_perc`` in ``[0, 1]``, ``kl_balance`` two finite non-negative
+    weights; at most one of ``free_nats`` and ``free_bits``, and at most one of
+    ``kl_grad_post_perc`` and ``kl_balance``. The per-level lengths are checked where
     the levels are known.
     """
     for name, value in (("beta", beta), ("free_nats", free_nats), ("free_bits", free_bits)):
@@ -72,15 +68,15 @@ def check_kl_options(
             continue
         values = value if isinstance(value, (list, tuple)) else (value,)
         for v in values:
-            _number(name, v)
+            _checks.number(name, v, low=0.0)
     if kl_grad_post_perc is not None:
-        _number("kl_grad_post_perc", kl_grad_post_perc, high=1.0)
+        _checks.number("kl_grad_post_perc", kl_grad_post_perc, low=0.0, high=1.0)
     if kl_balance is not None:
         if not isinstance(kl_balance, (list, tuple)) or len(kl_balance) != 2:
             raise ValueError(f"kl_balance must be two weights (dynamics, representation), "
                              f"got {kl_balance!r}")
         for part, v in zip(("dynamics", "representation"), kl_balance):
-            _number(f"kl_balance's {part} weight", v)
+            _checks.number(f"kl_balance's {part} weight", v, low=0.0)
     if free_nats is not None and free_bits is not None:
         raise ValueError("give free_nats (the per-sequence threshold) or free_bits (the "
                          "per-step one), not both")
@@ -169,9 +165,16 @@ def reconstruction_nll(frames: jax.Array, mean: jax.Array, stddev: float) -> jax
     """``-sum log Normal(frames | mean, stddev)`` over all but the first axis: ``(B, ...) -> (B,)``.
 
     Computed in float32 whatever the inputs' dtype.
+
+    Raises:
+      TypeError: ``frames`` or ``mean`` is not a float array (convert ``uint8`` video
+        first: ``clockwork.data.to_float``), or ``stddev`` is no number.
+      ValueError: their shapes differ, or ``stddev`` is not finite and positive.
     """
-    if frames.shape != mean.shape:
-        raise ValueError(f"frames {frames.shape} and recon_mean {mean.shape} differ")
+    _checks.float_array("frames", frames, ("B", ...))
+    _checks.float_array("mean", mean)
+    _checks.same_shape("mean", mean, "frames", frames)
+    _checks.number("stddev", stddev, low=0.0, low_open=True)
     log_prob = gaussian_log_prob(frames.astype(jnp.float32), mean.astype(jnp.float32), stddev)
     return -jnp.sum(log_prob, axis=tuple(range(1, frames.ndim)))
 
@@ -205,7 +208,14 @@ def elbo_loss(
     Returns:
       The scalar loss and a dict of metrics, all divided by ``T``: ``nll``, ``kl``
       (sum over levels), and per level ``kl/l``, ``prior_entropy/l``, ``post_entropy/l``.
+    Raises:
+      TypeError, ValueError: naming the argument (``frames``, ``recon_mean``,
+        ``dec_stddev`` or a KL option, see ``check_kl_options``).
     """
+    _checks.float_array("frames", frames, ("B", "T", ...))
+    _checks.float_array("recon_mean", recon_mean)
+    _checks.same_shape("recon_mean", recon_mean, "frames", frames)
+    _checks.number("dec_stddev", dec_stddev, low=0.0, low_open=True)
     nll = jnp.mean(reconstruction_nll(frames, recon_mean, dec_stddev))
     return elbo_from_nll(
         nll, frames.shape[1], posteriors, priors, beta=beta, free_nats=free_nats,
@@ -227,14 +237,14 @@ def elbo_from_nll(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``elbo_loss`` from a precomputed ``nll`` (summed over frames and pixels,
     averaged over the batch) for sequences of ``frames`` frames."""
+    t = _checks.integer("frames", frames)
     # Reduced-precision models: every sum of the objective runs in float32.
     posteriors, priors = jax.tree.map(
         lambda x: x.astype(jnp.float32), (tuple(posteriors), tuple(priors))
     )
-    t = frames
     levels = len(priors)
-    betas = _per_level("beta", beta, levels, 1.0)
     check_kl_options(beta=beta)
+    betas = _per_level("beta", beta, levels, 1.0)
     terms = kl_terms(posteriors, priors, free_nats=free_nats, free_bits=free_bits,
                      kl_grad_post_perc=kl_grad_post_perc, kl_balance=kl_balance)
     weighted = sum(b * k for b, k in zip(betas, terms.kl_loss))
