@@ -33,7 +33,9 @@ class Interrupted(Exception):
 class Interrupts:
     """Context manager: SIGINT and SIGTERM set ``signum`` instead of stopping the program.
 
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    A signal the process ignores (``nohup`` and background jobs ignore SIGINT) stays
+    ignored. Outside the main thread (where Python cannot install handlers) it does
+    nothing.
     """
 
     def __init__(self) -> None:
@@ -48,7 +50,8 @@ class Interrupts:
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

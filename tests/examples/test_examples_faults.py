@@ -197,6 +197,9 @@ def test_a_signal_saves_at_the_next_step_and_the_resumed_run_logs_the_same(
         return real(self)
 
     monkeypatch.setattr(data.VideoPipeline, "__next__", signalling)
+    # A test run in the background (nohup, CI) may ignore SIGINT; this one must not.
+    before = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                           else signal.SIG_DFL)
     workdir = tmp_path / "interrupted"
     with pytest.raises(interrupts.Interrupted) as caught:
         train.train_and_evaluate(config, workdir)
@@ -204,7 +207,8 @@ def test_a_signal_saves_at_the_next_step_and_the_resumed_run_logs_the_same(
     assert str(caught.value).startswith(
         f"{signal.Signals(signum).name}: stopped at step 3 of 8, saved in "
         f"{workdir / 'checkpoints' / '3'}; run the same command to resume")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    restored = signal.signal(signum, before)  # the trainer put back what it found
+    assert restored is (signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, workdir)
     assert_same_params(resumed, reference)
@@ -214,8 +218,11 @@ def test_a_signal_saves_at_the_next_step_and_the_resumed_run_logs_the_same(
 def test_ctrl_c_stops_the_trainer_with_one_line_and_status_130(tmp_path):
     workdir = tmp_path / "run"
     settings = {**SETTINGS, "num_steps": 100000, "ckpt_every": 1000}
-    process = subprocess.Popen(
-        [sys.executable, "train.py", "--config", "demo", "--logdir", str(workdir), *cli(settings)],
+    process = subprocess.Popen(  # with SIGINT handled as in a terminal, whatever ours does
+        [sys.executable, "-c", "import signal, sys, runpy; "
+         "signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'train.py'; "
+         "runpy.run_path('train.py', run_name='__main__')", "--config", "demo", "--logdir",
+         str(workdir), *cli(settings)],
         cwd=EXAMPLES, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # wait for the first logged step
         if line.startswith("step 1/"):
@@ -307,3 +314,15 @@ def test_an_unwritable_run_folder_or_video_folder_is_one_line(runs, tmp_path):
                        match=f"could not write videos into {workdir / 'videos'}: File exists"):
         train.train_and_evaluate(config, workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "6"]
+
+
+def test_an_ignored_signal_stays_ignored():
+    """Under nohup SIGINT is ignored: the trainer must not start answering it."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts.Interrupts() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
