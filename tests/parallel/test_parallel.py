@@ -54,6 +54,7 @@ def finish(process: subprocess.Popen, quiet_limit: float = QUIET_LIMIT) -> None:
     while process.poll() is None:
         if time.monotonic() - last[0] > quiet_limit:
             process.kill()
+            process.wait()
             reader.join()
             pytest.fail(f"worker printed nothing for {quiet_limit:.0f} s:\n"
                         + "".join(lines)[-3000:])
