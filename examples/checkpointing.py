@@ -222,15 +222,16 @@ def restore(
     if got != want:
         raise CheckpointError(f"checkpoint {where} holds another model: "
                               f"{_first_difference(got, want)}")
-    if meta is not None and checksums(restored["state"]) != meta["checksums"]:
-        bad = [path for (path, _, _), a, b in
-               zip(want, checksums(restored["state"]), meta["checksums"], strict=True) if a != b]
+    sums = None if meta is None else checksums(restored["state"])
+    if sums is not None and sums != meta["checksums"]:
+        bad = [path for (path, _, _), a, b in zip(want, sums, meta["checksums"], strict=True)
+               if a != b]
         which = bad[0] if len(bad) == 1 else f"{bad[0]} and {len(bad) - 1} other leaves"
         raise CheckpointError(f"checkpoint {where} is damaged: the bits of {which} differ "
                               "from the checksums written with it")
-    finite = jax.tree.map(lambda x: bool(jnp.all(jnp.isfinite(x)))
-                          if jnp.issubdtype(x.dtype, jnp.floating) else True, restored["state"])
-    for (path, _, _), ok in zip(want, jax.tree.leaves(finite), strict=True):
+    finite = jax.device_get([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating)
+                             else True for x in jax.tree.leaves(restored["state"])])
+    for (path, _, _), ok in zip(want, finite, strict=True):
         if not ok:
             raise CheckpointError(f"checkpoint {where} holds non-finite values in {path}")
     state = restored["state"].replace(key=jax.random.wrap_key_data(restored["state"].key))
