@@ -33,7 +33,6 @@ import json
 import math
 import pathlib
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -117,12 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     except (checkpointing.CheckpointError, fileio.WriteError) as e:
-        sys.exit(f"error: {e}")
+        fileio.exit_with(f"error: {e}")
     except interrupts.Interrupted as e:
         interrupts.exit_on(e)
     except KeyboardInterrupt:  # a second signal
-        print("interrupted; summary.json was not written", file=sys.stderr)
-        sys.exit(128 + interrupts.signal.SIGINT)
+        fileio.exit_with("interrupted; summary.json was not written",
+                         128 + interrupts.signal.SIGINT)
 
 
 def locate(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:

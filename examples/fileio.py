@@ -10,7 +10,24 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import sys
 from collections.abc import Iterator
+from typing import NoReturn
+
+
+def exit_with(message: str, status: int = 1) -> NoReturn:
+    """Prints ``message`` as the process's last line on stderr and exits with ``status``.
+
+    What other threads print while Python shuts down is dropped: after a failed
+    checkpoint write TensorStore's threads may still call back into Orbax's closed event
+    loop and print ``RuntimeError: Event loop is closed``, which would bury the one line.
+    """
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+    os.close(devnull)
+    sys.exit(status)
 
 
 class WriteError(OSError):

@@ -10,10 +10,11 @@ with the conventional status ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from types import FrameType
 from typing import Any
+
+import fileio
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -67,5 +68,4 @@ def name(signum: int) -> str:
 
 def exit_on(error: Interrupted) -> None:
     """Prints ``error``'s one line to stderr and exits with its status."""
-    print(error.message, file=sys.stderr, flush=True)
-    sys.exit(error.exit_code)
+    fileio.exit_with(error.message, error.exit_code)

@@ -75,12 +75,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         train_and_evaluate(config, workdir)
     except (NonFiniteLossError, checkpointing.CheckpointError, fileio.WriteError) as e:
-        sys.exit(f"error: {e}")
+        fileio.exit_with(f"error: {e}")
     except interrupts.Interrupted as e:
         interrupts.exit_on(e)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        print("interrupted; the checkpoints already written are kept", file=sys.stderr)
-        sys.exit(128 + interrupts.signal.SIGINT)
+        fileio.exit_with("interrupted; the checkpoints already written are kept",
+                         128 + interrupts.signal.SIGINT)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, pathlib.Path]:

@@ -285,7 +285,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_earlier_ones(
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: could not write checkpoint {workdir / 'checkpoints' / '8'}: File too large; "
-        "the checkpoints before it are intact")
+        "the checkpoints before it are intact"), done.stderr[-3000:]
     checkpoints = workdir / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "6"]  # no partial one
     _, abstract = checkpointing.abstract_state(longer)
@@ -326,3 +326,14 @@ def test_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_exit_with_leaves_its_line_last_whatever_prints_during_shutdown():
+    # As TensorStore's threads do after a failed write: print while Python shuts down.
+    late = ("import atexit, sys, fileio\n"
+            "atexit.register(lambda: print('RuntimeError: Event loop is closed', file=sys.stderr))\n"
+            "print('progress', flush=True)\n"
+            "fileio.exit_with('error: the one line', 3)\n")
+    done = subprocess.run([sys.executable, "-c", late], cwd=EXAMPLES, capture_output=True,
+                          text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "progress\n", "error: the one line\n")
