@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clockwork.data import generate_moving_mnist, iter_moving_mnist, mnist_digits
+from clockwork.data import generate_moving_mnist, iter_moving_mnist, mnist_digits, mnist_labels
 from clockwork.data import moving_mnist as mm
 from clockwork.data.moving_mnist import SPEED_RANGE, moving_mnist_plan
 
@@ -114,6 +114,23 @@ def test_shipped_digits():
     assert not train.flags.writeable
     train_set = {image.tobytes() for image in train}
     assert not any(image.tobytes() in train_set for image in test)
+
+
+def test_shipped_labels_belong_to_the_digits():
+    for split, count in (("train", 1600), ("test", 400)):
+        labels = mnist_labels(split)
+        assert labels.shape == (count,) and labels.dtype == np.uint8
+        assert not labels.flags.writeable
+        assert set(labels.tolist()) == set(range(10))  # every class, each at least 20 times
+        assert np.bincount(labels).min() >= 20
+    # A class's mean image resembles its own digits more than another class's mean:
+    # a nearest-mean classifier on the train means labels most test digits rightly.
+    train, test = mnist_digits("train").astype(np.float32), mnist_digits("test").astype(np.float32)
+    means = np.stack([train[mnist_labels("train") == c].mean(0) for c in range(10)])
+    nearest = np.argmin(((test[:, None] - means[None]) ** 2).sum(axis=(2, 3)), axis=1)
+    assert np.mean(nearest == mnist_labels("test")) > 0.7
+    with pytest.raises(ValueError, match="digit_split must be 'train' or 'test'"):
+        mnist_labels("validation")
 
 
 def test_invalid_arguments():

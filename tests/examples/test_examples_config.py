@@ -153,7 +153,7 @@ def test_cli_rejects_bad_keys_and_values(tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "nope"],
-     "unknown config 'nope'; choose one of ['demo', 'mazes', 'minerl', 'mmnist']"),
+     "unknown config 'nope'; choose one of ['demo', 'mazes', 'minerl', 'mmnist', 'study']"),
     (["--config", "mazes", "--data_source", "generated"],
      "data_source 'generated' is Moving MNIST only"),
     ([], "--config is required"),

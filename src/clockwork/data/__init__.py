@@ -30,6 +30,7 @@ from clockwork.data.moving_mnist import (
     generate_pushed_mnist,
     iter_moving_mnist,
     mnist_digits,
+    mnist_labels,
 )
 from clockwork._util import to_float
 from clockwork.data.pipeline import Batch, PipelineState, VideoPipeline, VideoSource
@@ -53,6 +54,7 @@ __all__ = [
     "iter_moving_mnist",
     "load_split",
     "mnist_digits",
+    "mnist_labels",
     "split_of",
     "to_float",
     "write_video",

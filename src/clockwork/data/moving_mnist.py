@@ -31,18 +31,34 @@ DigitSplit = Literal["train", "test"]
 _SPLIT_CODE = {"train": 0, "test": 1}
 
 
-@functools.cache
 def mnist_digits(digit_split: DigitSplit = "train") -> np.ndarray:
     """The shipped MNIST digits of one split: `(K, 28, 28)` uint8 (K = 1600 train, 400 test).
 
     The two splits hold different digits, so generated test videos show unseen digits.
     """
+    return _shipped(digit_split, "images")
+
+
+def mnist_labels(digit_split: DigitSplit = "train") -> np.ndarray:
+    """The classes (0-9) of `mnist_digits(digit_split)`: `(K,)` uint8.
+
+    Examples:
+      >>> labels = mnist_labels("test")
+      >>> labels.shape, int(labels.min()), int(labels.max())
+      ((400,), 0, 9)
+    """
+    return _shipped(digit_split, "labels")
+
+
+@functools.cache
+def _shipped(digit_split: DigitSplit, kind: str) -> np.ndarray:
+    """One read-only array of the shipped `mnist_digits.npz`: `<split>_<kind>`."""
     if digit_split not in _SPLIT_CODE:
         raise ValueError(f"digit_split must be 'train' or 'test', got {digit_split!r}")
     with resources.files(__package__).joinpath("mnist_digits.npz").open("rb") as f:
-        images = np.load(f)[f"{digit_split}_images"]
-    images.setflags(write=False)
-    return images
+        array = np.load(f)[f"{digit_split}_{kind}"]
+    array.setflags(write=False)
+    return array
 
 
 @dataclasses.dataclass(frozen=True)
