@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev,data,examples,docs]"
+	$(BIN)/pip install -q -e ".[dev,data,examples,docs,worldmodels]"
 
 demo: install
 	$(BIN)/python examples/demo.py --logdir runs/demo --picture docs/demo_prediction.png

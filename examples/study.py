@@ -19,7 +19,8 @@ Stages (each resumable: a rerun skips what is done and resumes what is not):
   that of another video B (a different digit); the prediction is then scored for whose
   digit it shows (the classifier) and whose position (the centroid of its pixels).
 - ``report``: the curves with 95 % confidence bands beside the copy-last-frame
-  baseline (``--figure``), the tables, and ``<dir>/study.json``.
+  baseline (``--figure``), the tables as markdown (``--tables``), and
+  ``<dir>/study.json``.
 
 ``--preset tiny`` shrinks every size for the test suite. What the study found, the
 commands and wall times: docs/study.md.
@@ -112,11 +113,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--figure", type=pathlib.Path,
                         help="where report draws the curves (default <dir>/study_curves.png)")
+    parser.add_argument("--tables", type=pathlib.Path,
+                        help="where report writes its tables as markdown (default <dir>/tables.md)")
     args = parser.parse_args(argv)
     study = Study(args.dir, PRESETS[args.preset], args.preset)
     stages = STAGES if args.stage == "all" else (args.stage,)
     for stage in stages:
-        study.run_stage(stage, figure=args.figure)
+        study.run_stage(stage, figure=args.figure, tables=args.tables)
 
 
 class Study:
@@ -136,12 +139,13 @@ class Study:
 
     # -- the stages -------------------------------------------------------------------
 
-    def run_stage(self, stage: str, figure: pathlib.Path | None = None) -> None:
+    def run_stage(self, stage: str, figure: pathlib.Path | None = None,
+                  tables: pathlib.Path | None = None) -> None:
         """Runs ``stage`` and adds its wall time to ``<dir>/times.json``."""
         started = time.perf_counter()
         print(f"study: {stage}", flush=True)
         if stage == "report":
-            self.report(figure or self.root / "study_curves.png")
+            self.report(figure or self.root / "study_curves.png", tables or self.root / "tables.md")
         else:
             getattr(self, stage)()
         times_path = self.root / "times.json"
@@ -195,7 +199,7 @@ class Study:
         with fileio.replacing(path) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")
 
-    def report(self, figure: pathlib.Path) -> None:
+    def report(self, figure: pathlib.Path, tables: pathlib.Path) -> None:
         p = self.preset
         curves = {name: np.load(self.root / "eval" / name / "metrics.npz") for name in MODELS}
         config = self.config("cwvae3")
@@ -219,8 +223,10 @@ class Study:
         with fileio.replacing(self.root / "study.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         plot(figure, series, p.context)
-        print(markdown_tables(summary), flush=True)
-        print(f"wrote {self.root / 'study.json'} and {figure}", flush=True)
+        text = markdown_tables(summary)
+        with fileio.replacing(tables) as tmp:
+            tmp.write_text(text + "\n")
+        print(text, f"wrote {self.root / 'study.json'}, {tables} and {figure}", sep="\n", flush=True)
 
     def test_set(self, config: run_config.RunConfig, frames: int) -> tuple[np.ndarray, np.ndarray]:
         """The evaluator's test videos ``(N, frames, H, W, 1)`` uint8 and their digits'

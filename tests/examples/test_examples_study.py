@@ -36,6 +36,9 @@ def test_study_runs_every_stage_and_reports(tiny):
         assert (result["pairs"], result["frames"]) == (3, 8)
         assert len(result["swapped"]["digit_is_b_per_frame"]) == 8
     assert set(summary["times_s"]) == {"train", "classifier", "evaluate", "ablation"}
+    tables = (tiny / "tables.md").read_text()
+    assert "| CW-VAE, 3 levels | " + f"{summary['parameters']['cwvae3']:,}" in tables
+    assert "| copy last frame |  | " in tables
     image = (tiny / "study_curves.png").read_bytes()
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
 

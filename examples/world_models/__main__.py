@@ -1,0 +1,27 @@
+"""``python examples/world_models STAGE --run DIR [--preset NAME]``: see the package doc."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
+
+from world_models import collect  # noqa: E402
+from world_models.presets import PRESETS  # noqa: E402
+
+STAGES = {"collect": lambda run, preset: collect.collect(run, preset.collect)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="world_models", description=__doc__)
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("--run", type=pathlib.Path, required=True, help="the run folder")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    args = parser.parse_args(argv)
+    STAGES[args.stage](args.run, PRESETS[args.preset])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
