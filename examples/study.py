@@ -50,6 +50,7 @@ import fileio
 import run_config
 import sources
 import train
+import trees
 from clockwork import data
 from clockwork.data.moving_mnist import moving_mnist_plan
 from clockwork.metrics import psnr, ssim
@@ -170,7 +171,7 @@ class Study:
         frame_size = self.config("cwvae3").model.frame_size
         params, accuracy = train_classifier(frame_size, self.preset.classifier_steps,
                                             self.preset.classifier_batch)
-        save_tree(path, params, {"test_accuracy": accuracy})
+        trees.save(path, params, {"test_accuracy": accuracy})
         print(f"classifier: {accuracy:.1%} of the test digits' frames named rightly", flush=True)
 
     def evaluate(self) -> None:
@@ -305,31 +306,10 @@ def _classify_fn(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax
 def load_classifier(path: pathlib.Path, frame_size: tuple[int, int]) -> Callable[[jax.Array], np.ndarray]:
     """The stored classifier as a function of ``(B, H, W, 1)`` frames to classes ``(B,)``."""
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: DigitClassifier(frame_size, rngs=nnx.Rngs(0))))
-    params = load_tree(path, abstract)
+    params = trees.load(path, abstract)
     classify = _classify_fn(graphdef)
     return lambda frames: np.asarray(classify(params, frames.reshape(-1, *frames.shape[-3:]))
                                      ).reshape(frames.shape[:-3])
-
-
-def save_tree(path: pathlib.Path, tree: Any, extra: dict[str, Any]) -> None:
-    """``tree``'s leaves under their paths, and ``extra``, as one ``.npz``."""
-    leaves = {jax.tree_util.keystr(k): np.asarray(v)
-              for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    with fileio.replacing(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **{f"leaf:{k}": v for k, v in leaves.items()}, **extra)
-
-
-def load_tree(path: pathlib.Path, abstract: Any) -> Any:
-    """The tree of :func:`save_tree` with ``abstract``'s structure, shapes checked."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    with np.load(path) as stored:
-        leaves = []
-        for key, leaf in flat:
-            name = f"leaf:{jax.tree_util.keystr(key)}"
-            if name not in stored or stored[name].shape != tuple(leaf.shape):
-                raise ValueError(f"{path} does not hold the classifier's {name[5:]} {tuple(leaf.shape)}")
-            leaves.append(jnp.asarray(stored[name]))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # -- the level ablation ---------------------------------------------------------------

@@ -8,10 +8,13 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
 
-from world_models import collect  # noqa: E402
+from world_models import collect, vae  # noqa: E402
 from world_models.presets import PRESETS  # noqa: E402
 
-STAGES = {"collect": lambda run, preset: collect.collect(run, preset.collect)}
+STAGES = {
+    "collect": lambda run, preset: collect.collect(run, preset.collect),
+    "train-vae": lambda run, preset: vae.train_vae(run, preset.vae),
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,14 +28,44 @@ class CollectPreset:
 
 
 @dataclasses.dataclass(frozen=True)
+class VaePreset:
+    """The ``train-vae`` stage (the original's values unless said).
+
+    Attributes:
+      latent_size: z's size (32).
+      filters: channels of the first conv layer (32; then 64, 128, 256).
+      kl_tolerance: the KL term is at least ``kl_tolerance * latent_size`` nats per
+        frame (0.5), so the latents keep some information instead of collapsing.
+      batch_size: frames per step (100).
+      lr: Adam's learning rate (1e-4).
+      steps: training steps.
+      ckpt_every: steps between saved states (a rerun resumes from the last).
+      seed: parameters, batches and noise.
+    """
+
+    latent_size: int = 32
+    filters: int = 32
+    kl_tolerance: float = 0.5
+    batch_size: int = 100
+    lr: float = 1e-4
+    steps: int = 1000
+    ckpt_every: int = 100
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     """Every stage's sizes."""
 
     collect: CollectPreset
+    vae: VaePreset
 
 
 PRESETS = {
-    "smoke": Preset(CollectPreset(rollouts=4, max_steps=40, shard_episodes=2, workers=2)),
-    "small": Preset(CollectPreset(rollouts=200, max_steps=500, shard_episodes=10, workers=2)),
-    "paper": Preset(CollectPreset(rollouts=10_000, max_steps=1000, shard_episodes=100, workers=2)),
+    "smoke": Preset(CollectPreset(rollouts=4, max_steps=40, shard_episodes=2, workers=2),
+                    VaePreset(filters=4, batch_size=8, steps=6, ckpt_every=3)),
+    "small": Preset(CollectPreset(rollouts=200, max_steps=500, shard_episodes=10, workers=2),
+                    VaePreset(steps=3000, ckpt_every=250)),
+    "paper": Preset(CollectPreset(rollouts=10_000, max_steps=1000, shard_episodes=100, workers=2),
+                    VaePreset(steps=10 * 10_000 * 1000 // 100, ckpt_every=5000)),  # 10 epochs
 }

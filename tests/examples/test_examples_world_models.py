@@ -4,11 +4,14 @@ import dataclasses
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from examples_testlib import EXAMPLES
-from world_models import collect
+from world_models import collect, vae
 from world_models.presets import PRESETS
 
 TINY = dataclasses.replace(PRESETS["smoke"].collect, rollouts=3, max_steps=12, shard_episodes=2,
@@ -97,3 +100,50 @@ def test_world_models_command_line_collects_the_smoke_preset(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == f"collect: wrote 2 shards into {tmp_path / 'rollouts'}"
     assert len(collect.load(tmp_path)["frames"]) == 4 * 40
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    run = tmp_path_factory.mktemp("wm")
+    collect.collect(run, TINY)
+    return run
+
+
+VAE_TINY = dataclasses.replace(PRESETS["smoke"].vae, latent_size=4, filters=2, batch_size=4,
+                               steps=4, ckpt_every=2)
+
+
+def test_world_models_vae_loss_is_squared_error_plus_the_tolerated_kl():
+    model = vae.VAE(latent_size=3, filters=2, rngs=nnx.Rngs(0))
+    frames = jax.random.uniform(jax.random.key(1), (5, 64, 64, 3))
+    key = jax.random.key(2)
+    mean, std = (np.asarray(x, np.float64) for x in model.encode(frames))
+    z = mean + std * np.asarray(jax.random.normal(key, mean.shape))
+    recon = np.asarray(model.decode(jnp.asarray(z, jnp.float32)), np.float64)
+    squared = ((recon - np.asarray(frames)) ** 2).sum(axis=(1, 2, 3))
+    kl = -0.5 * (1 + np.log(std**2) - mean**2 - std**2).sum(axis=1)  # the original's form
+    loss, terms = vae.vae_loss(model, frames, key, kl_tolerance=0.0)
+    assert float(loss) == pytest.approx(squared.mean() + kl.mean(), rel=1e-4)
+    assert float(terms["kl"]) == pytest.approx(kl.mean(), rel=1e-4)
+    floored, _ = vae.vae_loss(model, frames, key, kl_tolerance=100.0)  # floor 300 nats
+    assert float(floored) == pytest.approx(squared.mean() + 300.0, rel=1e-5)
+    assert model.decode(jnp.zeros((2, 7, 3))).shape == (2, 7, 64, 64, 3)
+
+
+def test_world_models_vae_resumes_to_the_same_parameters(collected, tmp_path):
+    import shutil
+
+    for name in ("once", "twice"):
+        shutil.copytree(collected / "rollouts", tmp_path / name / "rollouts")
+    whole = vae.train_vae(tmp_path / "once", VAE_TINY)
+    vae.train_vae(tmp_path / "twice", dataclasses.replace(VAE_TINY, steps=2))
+    resumed = vae.train_vae(tmp_path / "twice", VAE_TINY)
+    for a, b in zip(jax.tree.leaves(nnx.state(whole)), jax.tree.leaves(nnx.state(resumed)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = (tmp_path / "twice" / "vae" / "losses.csv").read_text().splitlines()
+    assert lines == (tmp_path / "once" / "vae" / "losses.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["step", "1", "2", "3", "4"]
+    png = (tmp_path / "once" / "vae" / "reconstructions.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    loaded = vae.load_vae(tmp_path / "once", VAE_TINY)
+    np.testing.assert_array_equal(np.asarray(loaded.mean.kernel[...]), np.asarray(whole.mean.kernel[...]))
