@@ -8,12 +8,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
 
-from world_models import collect, vae  # noqa: E402
+from world_models import collect, memory, vae  # noqa: E402
 from world_models.presets import PRESETS  # noqa: E402
 
 STAGES = {
     "collect": lambda run, preset: collect.collect(run, preset.collect),
     "train-vae": lambda run, preset: vae.train_vae(run, preset.vae),
+    "encode": lambda run, preset: memory.encode(run, preset.vae),
+    "train-mdnrnn": lambda run, preset: memory.train_mdnrnn(run, preset.mdnrnn, preset.vae),
 }
 
 

@@ -54,18 +54,51 @@ class VaePreset:
 
 
 @dataclasses.dataclass(frozen=True)
+class MdnRnnPreset:
+    """The ``train-mdnrnn`` stage (the original's values unless said).
+
+    Attributes:
+      hidden_size: the LSTM's size (256).
+      mixtures: Gaussians per latent dimension (5).
+      seq_len: steps per training window, cut at random from the episodes (the original
+        trained on whole 1,000-step episodes).
+      batch_size: windows per step.
+      lr: Adam's learning rate (1e-3).
+      grad_clip: gradients clipped to this global norm (1.0).
+      steps: training steps.
+      ckpt_every: steps between saved states.
+      seed: parameters, windows and latent samples.
+    """
+
+    hidden_size: int = 256
+    mixtures: int = 5
+    seq_len: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    steps: int = 1000
+    ckpt_every: int = 100
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     """Every stage's sizes."""
 
     collect: CollectPreset
     vae: VaePreset
+    mdnrnn: MdnRnnPreset
 
 
 PRESETS = {
     "smoke": Preset(CollectPreset(rollouts=4, max_steps=40, shard_episodes=2, workers=2),
-                    VaePreset(filters=4, batch_size=8, steps=6, ckpt_every=3)),
+                    VaePreset(filters=4, batch_size=8, steps=6, ckpt_every=3),
+                    MdnRnnPreset(hidden_size=16, mixtures=2, seq_len=10, batch_size=4, steps=6,
+                                 ckpt_every=3)),
     "small": Preset(CollectPreset(rollouts=200, max_steps=500, shard_episodes=10, workers=2),
-                    VaePreset(steps=3000, ckpt_every=250)),
+                    VaePreset(steps=3000, ckpt_every=250),
+                    MdnRnnPreset(steps=2000, ckpt_every=250)),
     "paper": Preset(CollectPreset(rollouts=10_000, max_steps=1000, shard_episodes=100, workers=2),
-                    VaePreset(steps=10 * 10_000 * 1000 // 100, ckpt_every=5000)),  # 10 epochs
+                    VaePreset(steps=10 * 10_000 * 1000 // 100, ckpt_every=5000),  # 10 epochs
+                    MdnRnnPreset(seq_len=999, batch_size=100, steps=20_000, ckpt_every=1000)),
 }

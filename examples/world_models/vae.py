@@ -8,9 +8,8 @@ with kernels 5, 5, 6, 6, ReLU, a sigmoid at the end). The loss per frame is the
 original's: the sum of squared errors over the pixels plus
 ``max(KL(q(z | x) || N(0, I)), kl_tolerance * latent_size)``, averaged over the batch.
 
-Writes ``<run>/vae/state.npz`` (parameters, optimizer state, step; every
-``ckpt_every`` steps and at the end; a rerun resumes from it), ``<run>/vae/losses.csv``
-and ``<run>/vae/reconstructions.png`` (frames above, their reconstructions below).
+Writes ``<run>/vae/state.npz`` and ``losses.csv`` (``loop.fit``: a rerun resumes) and
+``<run>/vae/reconstructions.png`` (frames above, their reconstructions below).
 """
 
 from __future__ import annotations
@@ -23,13 +22,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-import fileio
 import media
-import trees
 from clockwork.hierarchy import Clock
 from clockwork.losses import gaussian_kl
 from clockwork.nets import ConvDecoder, ConvEncoder
-from world_models import collect
+from world_models import collect, loop
 from world_models.presets import VaePreset
 
 VAE_DIR = "vae"
@@ -76,45 +73,22 @@ def vae_loss(model: VAE, frames: jax.Array, key: jax.Array, kl_tolerance: float
 def train_vae(run: pathlib.Path, preset: VaePreset) -> VAE:
     """Trains (or resumes) the VAE on the collected frames of ``run``; returns it."""
     folder = run / VAE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    model = VAE(preset.latent_size, preset.filters, rngs=nnx.Rngs(preset.seed))
-    graphdef, params = nnx.split(model)
-    optimizer = optax.adam(preset.lr)
-    state = {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-    path = folder / "state.npz"
-    if path.is_file():
-        state = trees.load(path, state)
+    graphdef, params = nnx.split(VAE(preset.latent_size, preset.filters, rngs=nnx.Rngs(preset.seed)))
     frames = collect.load(run)["frames"]
 
-    @jax.jit
-    def step(state, batch, key):
-        def loss(p):
-            return vae_loss(nnx.merge(graphdef, p), batch, key, preset.kl_tolerance)
-        (value, terms), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
-        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction
-            updates, opt = optimizer.update(grads, state["opt"], state["params"])
-        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt,
-               "step": state["step"] + 1}
-        return new, {"loss": value, **terms}
+    def batch(t: int) -> jax.Array:
+        index = np.random.default_rng([preset.seed, t]).integers(0, len(frames), preset.batch_size)
+        return jnp.asarray(frames[index], jnp.float32) / 255.0
 
-    done = int(state["step"])
-    log = folder / "losses.csv"
-    lines = log.read_text().splitlines()[: done + 1] if log.is_file() and done else ["step,loss,reconstruction,kl"]
-    key = jax.random.key(preset.seed)
-    for t in range(done, preset.steps):
-        # Step t's batch and noise depend only on t: a resumed run repeats them exactly.
-        rng = np.random.default_rng([preset.seed, t])
-        batch = jnp.asarray(frames[rng.integers(0, len(frames), preset.batch_size)], jnp.float32) / 255.0
-        state, metrics = step(state, batch, jax.random.fold_in(key, t))
-        lines.append(f"{t + 1}," + ",".join(f"{float(metrics[k]):.4f}" for k in ("loss", "reconstruction", "kl")))
-        if (t + 1) % preset.ckpt_every == 0 or t + 1 == preset.steps:
-            trees.save(path, state)
-            with fileio.replacing(log) as tmp:
-                tmp.write_text("\n".join(lines) + "\n")
-    model = nnx.merge(graphdef, state["params"])
+    def loss(p, x, key):
+        return vae_loss(nnx.merge(graphdef, p), x, key, preset.kl_tolerance)
+
+    params = loop.fit(folder, params, optax.adam(preset.lr), loss, batch, steps=preset.steps,
+                      ckpt_every=preset.ckpt_every, seed=preset.seed)
+    model = nnx.merge(graphdef, params)
     picture = np.concatenate([frames[:8], reconstruct(model, frames[:8])])
     media.save_png(folder / "reconstructions.png", media.tile(picture.reshape(2, 8, *FRAME_SHAPE)))
-    print(f"train-vae: step {preset.steps}, {lines[-1]}; wrote {folder}", flush=True)
+    print(f"train-vae: {loop.summary(folder)}; wrote {folder}", flush=True)
     return model
 
 
@@ -126,11 +100,5 @@ def reconstruct(model: VAE, frames: np.ndarray) -> np.ndarray:
 
 def load_vae(run: pathlib.Path, preset: VaePreset) -> VAE:
     """The trained VAE of ``run``."""
-    model = VAE(preset.latent_size, preset.filters, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
-    optimizer = optax.adam(preset.lr)
-    template = {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-    path = run / VAE_DIR / "state.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no VAE in {path.parent}: run the train-vae stage first")
-    return nnx.merge(graphdef, trees.load(path, template)["params"])
+    graphdef, params = nnx.split(VAE(preset.latent_size, preset.filters, rngs=nnx.Rngs(0)))
+    return nnx.merge(graphdef, loop.load_params(run / VAE_DIR, params, optax.adam(preset.lr), "train-vae"))

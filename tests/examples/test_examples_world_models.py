@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from examples_testlib import EXAMPLES
-from world_models import collect, vae
+from world_models import collect, memory, vae
 from world_models.presets import PRESETS
 
 TINY = dataclasses.replace(PRESETS["smoke"].collect, rollouts=3, max_steps=12, shard_episodes=2,
@@ -143,7 +143,80 @@ def test_world_models_vae_resumes_to_the_same_parameters(collected, tmp_path):
     lines = (tmp_path / "twice" / "vae" / "losses.csv").read_text().splitlines()
     assert lines == (tmp_path / "once" / "vae" / "losses.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["step", "1", "2", "3", "4"]
+    assert lines[0] == "step,loss,kl,reconstruction"
+    loss, kl, reconstruction = map(float, lines[-1].split(",")[1:])
+    assert loss == pytest.approx(reconstruction + max(kl, 0.5 * 4), rel=1e-3)  # before the step
     png = (tmp_path / "once" / "vae" / "reconstructions.png").read_bytes()
     assert png[:4] == b"\x89PNG"
     loaded = vae.load_vae(tmp_path / "once", VAE_TINY)
     np.testing.assert_array_equal(np.asarray(loaded.mean.kernel[...]), np.asarray(whole.mean.kernel[...]))
+
+
+MDN_TINY = dataclasses.replace(PRESETS["smoke"].mdnrnn, hidden_size=8, mixtures=2, seq_len=5,
+                               batch_size=3, steps=4, ckpt_every=2)
+
+
+def test_world_models_episode_bounds_and_windows_mask_short_episodes():
+    episodes = np.array([0, 0, 0, 3, 3, 7, 7, 7, 7], np.int32)
+    np.testing.assert_array_equal(memory.episode_bounds(episodes), [[0, 3], [3, 5], [5, 9]])
+    n = len(episodes)
+    data = {"means": np.arange(n * 2, dtype=np.float32).reshape(n, 2),
+            "stddevs": np.zeros((n, 2), np.float32), "actions": np.ones((n, 3), np.float32),
+            "rewards": np.arange(n, dtype=np.float32), "dones": episodes == 9, "episodes": episodes}
+    bounds = memory.episode_bounds(episodes)
+    w = memory.sample_windows(data, bounds, dataclasses.replace(MDN_TINY, batch_size=16), 0)
+    assert w.latents.shape == (16, 5, 2) and w.mask.shape == (16, 5)
+    for i in range(16):
+        m = int(w.mask[i].sum())
+        assert m in (2, 3, 4) and not w.mask[i, m:].any()  # no episode holds 5 steps
+        rewards = np.asarray(w.rewards[i, :m]).astype(int)
+        assert (np.diff(rewards) == 1).all()  # consecutive steps of one episode
+        np.testing.assert_array_equal(np.asarray(w.latents[i, :m]), data["means"][rewards])  # stddev 0
+        assert len({int(episodes[r]) for r in rewards}) == 1
+
+
+def test_world_models_memory_loss_ignores_padded_steps_and_reads_only_the_past():
+    model = memory.build(4, MDN_TINY, seed=1)
+    key = jax.random.split(jax.random.key(0), 4)
+    w = memory.Windows(jax.random.normal(key[0], (2, 6, 4)), jax.random.uniform(key[1], (2, 6, 3)),
+                       jax.random.normal(key[2], (2, 6)), jnp.zeros((2, 6), bool),
+                       jnp.array([[True] * 6, [True] * 4 + [False] * 2]))
+    loss, terms = memory.memory_loss(model, w)
+    changed = w._replace(latents=w.latents.at[1, 4:].set(9.0), rewards=w.rewards.at[1, 4:].set(-5.0),
+                         dones=w.dones.at[1, 4:].set(True))
+    np.testing.assert_allclose(np.asarray(memory.memory_loss(model, changed)[0]), np.asarray(loss), rtol=1e-6)
+    # The reward predicted for step t reads z_<=t and a_<=t only.
+    b, n, s = w.latents.shape
+    latents = jnp.concatenate([w.latents, jnp.zeros((b, 1, s))], axis=1)
+    contexts = jnp.concatenate([jnp.zeros((b, 1, 3)), w.actions], axis=1)
+    reward = model.heads(model.cell.predict(latents, contexts).hidden[:, 1:])[0]
+    later = latents.at[:, 3:].add(1.0)
+    reward_later = model.heads(model.cell.predict(later, contexts).hidden[:, 1:])[0]
+    np.testing.assert_array_equal(np.asarray(reward[:, :3]), np.asarray(reward_later[:, :3]))
+    assert not np.allclose(np.asarray(reward[:, 3:]), np.asarray(reward_later[:, 3:]))
+    mse = float(jnp.mean(jnp.square(reward[0] - w.rewards[0])))
+    mse_short = float(jnp.mean(jnp.square(reward[1, :4] - w.rewards[1, :4])))
+    assert float(terms["reward_mse"]) == pytest.approx((6 * mse + 4 * mse_short) / 10, rel=1e-5)
+
+
+def test_world_models_encode_and_mdnrnn_stages_resume(collected, tmp_path):
+    import shutil
+
+    for name in ("once", "twice"):
+        shutil.copytree(collected / "rollouts", tmp_path / name / "rollouts")
+        vae.train_vae(tmp_path / name, VAE_TINY)
+        memory.encode(tmp_path / name, VAE_TINY)
+    latents = memory.load_latents(tmp_path / "once")
+    assert latents["means"].shape == (36, 4) and (latents["stddevs"] > 0).all()
+    np.testing.assert_array_equal(latents["episodes"], np.repeat([0, 1, 2], 12))
+    whole = memory.train_mdnrnn(tmp_path / "once", MDN_TINY, VAE_TINY)
+    memory.train_mdnrnn(tmp_path / "twice", dataclasses.replace(MDN_TINY, steps=2), VAE_TINY)
+    resumed = memory.train_mdnrnn(tmp_path / "twice", MDN_TINY, VAE_TINY)
+    for a, b in zip(jax.tree.leaves(nnx.state(whole)), jax.tree.leaves(nnx.state(resumed)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    header = (tmp_path / "once" / "mdnrnn" / "losses.csv").read_text().splitlines()[0]
+    assert header == "step,loss,done_bce,latent_nll,reward_mse"
+    from PIL import Image
+
+    with Image.open(tmp_path / "once" / "mdnrnn" / "predictions.gif") as gif:
+        assert gif.size == (3 * 64, 64) and gif.n_frames == 12
