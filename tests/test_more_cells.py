@@ -244,6 +244,19 @@ def test_mdn_temperature_scales_the_logits_and_the_noise():
     assert out.posterior is out.prior and float(jnp.max(jnp.abs(mix.kl(mix)))) == 0.0
 
 
+def test_mdn_temperature_zero_takes_the_most_likely_components_mean():
+    for shared in (False, True):
+        cold = mdn(temperature=0.0, shared_weights=shared)
+        state = cold.initial_state(B)
+        outs = [cold(state, None, jnp.ones((B, CTX)), cold.noise(jax.random.key(k), B),
+                     use_obs=False)[1].prior for k in (1, 2)]
+        np.testing.assert_array_equal(outs[0].sample, outs[1].sample)  # the noise is not read
+        mix = outs[0]
+        pick = np.argmax(np.asarray(mix.log_weights), -1)
+        onehot = np.eye(4)[pick] if not shared else np.eye(4)[pick][:, None, :]
+        np.testing.assert_allclose(mix.sample, (onehot * np.asarray(mix.means)).sum(-1), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_categorical_lstm_and_mdn_cells_follow_the_protocol(name):
     """check_cell passes; the fast path's unroll equals a loop of steps; a key decides
@@ -277,7 +290,7 @@ def test_categorical_lstm_and_mdn_cells_follow_the_protocol(name):
     (categorical, {"unimix": -0.1}, "unimix"),
     (lambda **kw: CategoricalRSSMCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"groups": 0}, "groups must be a positive int, got 0"),
     (lambda **kw: CategoricalRSSMCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"classes": 1}, "classes must be an int >= 2"),
-    (mdn, {"temperature": 0.0}, "temperature must be a number > 0"),
+    (mdn, {"temperature": -0.5}, "temperature must be a number >= 0"),
     (lambda **kw: MDNRNNCell(EMB, CTX, rngs=nnx.Rngs(0), **kw), {"mixtures": 0}, "mixtures must be a positive int"),
 ])
 def test_categorical_and_mdn_options_are_checked(make, options, match):

@@ -1,31 +1,49 @@
-"""``python examples/world_models STAGE --run DIR [--preset NAME]``: see the package doc."""
+"""``python examples/world_models STAGE --run DIR [--preset NAME] [--mode MODE]``.
+
+Stages, in order (``all`` runs them all; each resumes what a killed run left):
+collect, train-vae, encode, train-mdnrnn, train-controller, evaluate. See the package
+doc and docs/tutorials/world_models.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
+from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
 
-from world_models import collect, memory, vae  # noqa: E402
-from world_models.presets import PRESETS  # noqa: E402
+from world_models import collect, controller, memory, vae  # noqa: E402
+from world_models.presets import PRESETS, Preset  # noqa: E402
 
-STAGES = {
-    "collect": lambda run, preset: collect.collect(run, preset.collect),
-    "train-vae": lambda run, preset: vae.train_vae(run, preset.vae),
-    "encode": lambda run, preset: memory.encode(run, preset.vae),
-    "train-mdnrnn": lambda run, preset: memory.train_mdnrnn(run, preset.mdnrnn, preset.vae),
+
+def _controllers(run: pathlib.Path, preset: Preset, modes: tuple[str, ...]) -> None:
+    for mode in modes:
+        controller.train_controller(run, preset, mode)
+
+
+STAGES: dict[str, Callable[[pathlib.Path, Preset, tuple[str, ...]], object]] = {
+    "collect": lambda run, preset, modes: collect.collect(run, preset.collect),
+    "train-vae": lambda run, preset, modes: vae.train_vae(run, preset.vae),
+    "encode": lambda run, preset, modes: memory.encode(run, preset.vae),
+    "train-mdnrnn": lambda run, preset, modes: memory.train_mdnrnn(run, preset.mdnrnn, preset.vae),
+    "train-controller": _controllers,
+    "evaluate": lambda run, preset, modes: controller.evaluate(run, preset),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="world_models", description=__doc__)
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser = argparse.ArgumentParser(prog="world_models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--run", type=pathlib.Path, required=True, help="the run folder")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--mode", choices=(*controller.MODES, "both"), default="both",
+                        help="train-controller: in the real environment, in the dream, or both")
     args = parser.parse_args(argv)
-    STAGES[args.stage](args.run, PRESETS[args.preset])
+    modes = controller.MODES if args.mode == "both" else (args.mode,)
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        STAGES[stage](args.run, PRESETS[args.preset], modes)
 
 
 if __name__ == "__main__":

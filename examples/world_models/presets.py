@@ -82,23 +82,58 @@ class MdnRnnPreset:
 
 
 @dataclasses.dataclass(frozen=True)
+class ControllerPreset:
+    """The ``train-controller`` and ``evaluate`` stages.
+
+    Attributes:
+      population: CMA-ES candidates per generation (64 in the original).
+      rollouts: episodes per candidate, the score being their mean (16).
+      generations: generations of CMA-ES.
+      sigma: CMA-ES's initial step size (0.1).
+      max_steps: steps per real episode at most (1,000).
+      workers: processes that run real episodes side by side.
+      temperature: the dream's sampling temperature (1.15, the original's for Doom).
+      dream_steps: steps per dreamed episode.
+      eval_episodes: real episodes of the ``evaluate`` stage (100 in the paper).
+      seed: CMA-ES and the episodes' seeds.
+    """
+
+    population: int = 64
+    rollouts: int = 16
+    generations: int = 100
+    sigma: float = 0.1
+    max_steps: int = 1000
+    workers: int = 2
+    temperature: float = 1.15
+    dream_steps: int = 1000
+    eval_episodes: int = 100
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     """Every stage's sizes."""
 
     collect: CollectPreset
     vae: VaePreset
     mdnrnn: MdnRnnPreset
+    controller: ControllerPreset
 
 
 PRESETS = {
     "smoke": Preset(CollectPreset(rollouts=4, max_steps=40, shard_episodes=2, workers=2),
                     VaePreset(filters=4, batch_size=8, steps=6, ckpt_every=3),
                     MdnRnnPreset(hidden_size=16, mixtures=2, seq_len=10, batch_size=4, steps=6,
-                                 ckpt_every=3)),
+                                 ckpt_every=3),
+                    ControllerPreset(population=4, rollouts=1, generations=2, max_steps=30,
+                                     dream_steps=30, eval_episodes=2)),
     "small": Preset(CollectPreset(rollouts=200, max_steps=500, shard_episodes=10, workers=2),
                     VaePreset(steps=3000, ckpt_every=250),
-                    MdnRnnPreset(steps=2000, ckpt_every=250)),
+                    MdnRnnPreset(steps=2000, ckpt_every=250),
+                    ControllerPreset(population=16, rollouts=2, generations=20, max_steps=500,
+                                     dream_steps=500, eval_episodes=20)),
     "paper": Preset(CollectPreset(rollouts=10_000, max_steps=1000, shard_episodes=100, workers=2),
                     VaePreset(steps=10 * 10_000 * 1000 // 100, ckpt_every=5000),  # 10 epochs
-                    MdnRnnPreset(seq_len=999, batch_size=100, steps=20_000, ckpt_every=1000)),
+                    MdnRnnPreset(seq_len=999, batch_size=100, steps=20_000, ckpt_every=1000),
+                    ControllerPreset()),
 }

@@ -1,6 +1,7 @@
 """The World Models example's stages (examples/world_models) on tiny sizes, in CarRacing-v3."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from examples_testlib import EXAMPLES
-from world_models import collect, memory, vae
+from world_models import collect, controller, memory, vae
 from world_models.presets import PRESETS
 
 TINY = dataclasses.replace(PRESETS["smoke"].collect, rollouts=3, max_steps=12, shard_episodes=2,
@@ -220,3 +221,92 @@ def test_world_models_encode_and_mdnrnn_stages_resume(collected, tmp_path):
 
     with Image.open(tmp_path / "once" / "mdnrnn" / "predictions.gif") as gif:
         assert gif.size == (3 * 64, 64) and gif.n_frames == 12
+
+
+def test_world_models_controller_squashes_as_the_original():
+    raw = jnp.array([[0.0, 0.0, 0.0], [30.0, -30.0, -2.0], [np.arctanh(0.5), np.arctanh(0.5), np.arctanh(0.25)]])
+    np.testing.assert_allclose(np.asarray(controller.squash(raw)),
+                               [[0.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.5, 0.75, 0.25]], atol=1e-6)
+    # act: a linear map of [z, h] (weights (S + D, 3) row-major, then 3 biases).
+    z, h = np.array([[1.0, 2.0]]), np.array([[3.0]])
+    weights = np.arange(9, dtype=np.float32).reshape(3, 3) / 100
+    params = np.concatenate([weights.reshape(-1), [0.1, -0.2, 0.3]]).astype(np.float32)
+    assert len(params) == controller.parameter_count(2, 1)
+    raw = np.concatenate([z, h], axis=1) @ weights + params[9:]
+    np.testing.assert_allclose(np.asarray(controller.act(jnp.asarray(params), jnp.asarray(z, jnp.float32),
+                                                         jnp.asarray(h, jnp.float32))),
+                               np.asarray(controller.squash(jnp.asarray(raw))), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(collected, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("wm_trained")
+    shutil.copytree(collected / "rollouts", run / "rollouts")
+    vae.train_vae(run, VAE_TINY)
+    memory.encode(run, VAE_TINY)
+    memory.train_mdnrnn(run, MDN_TINY, VAE_TINY)
+    return run
+
+
+CONTROLLER_TINY = dataclasses.replace(PRESETS["smoke"].controller, population=4, rollouts=2,
+                                      generations=2, max_steps=8, dream_steps=6, workers=1,
+                                      eval_episodes=2)
+PRESET_TINY = dataclasses.replace(PRESETS["smoke"], collect=TINY, vae=VAE_TINY, mdnrnn=MDN_TINY,
+                                  controller=CONTROLLER_TINY)
+
+
+def test_world_models_dream_shapes_and_temperature_zero_is_deterministic(trained):
+    population = np.random.default_rng(0).normal(0, 0.1, (5, controller.parameter_count(4, 8)))
+    starts = controller.start_latents(trained, 3, np.random.default_rng(1))
+    assert starts.shape == (3, 4)
+    returns = {}
+    for tau in (0.0, 1.15):
+        model = memory.load_memory(trained, MDN_TINY, 4, temperature=tau)
+        returns[tau] = [controller.dream_returns(model, population, starts, 6, jax.random.key(k))
+                        for k in (0, 1)]
+        assert returns[tau][0].shape == (5,)
+    np.testing.assert_array_equal(returns[0.0][0], returns[0.0][1])  # no noise at 0
+    assert not np.array_equal(returns[1.15][0], returns[1.15][1])
+    # Each candidate's return is its own: a candidate scored alone gets the same.
+    alone = controller.dream_returns(memory.load_memory(trained, MDN_TINY, 4, temperature=0.0),
+                                     population[2:3], starts, 6, jax.random.key(0))
+    np.testing.assert_allclose(alone, returns[0.0][0][2:3], rtol=1e-5)
+
+
+def test_world_models_controller_resumes_cma_es_exactly(trained, tmp_path):
+    import shutil
+
+    for name in ("once", "twice"):
+        shutil.copytree(trained, tmp_path / name)
+    controller.train_controller(tmp_path / "once", PRESET_TINY, "dream")
+    one = dataclasses.replace(PRESET_TINY, controller=dataclasses.replace(CONTROLLER_TINY, generations=1))
+    controller.train_controller(tmp_path / "twice", one, "dream")
+    np.random.seed(12345)  # whatever else draws from NumPy's global generator in between
+    best = controller.train_controller(tmp_path / "twice", PRESET_TINY, "dream")
+    np.testing.assert_array_equal(best, np.load(tmp_path / "once" / "controller-dream" / "best.npy"))
+    history = (tmp_path / "twice" / "controller-dream" / "history.csv").read_text()
+    assert history == (tmp_path / "once" / "controller-dream" / "history.csv").read_text()
+    assert history.splitlines()[0] == "generation,best,mean,worst" and len(history.splitlines()) == 3
+    with pytest.raises(ValueError, match="mode must be one of"):
+        controller.train_controller(tmp_path / "once", PRESET_TINY, "imagined")
+
+
+def test_world_models_real_controller_and_evaluation(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = controller.train_controller(run, PRESET_TINY, "real")
+    assert best.shape == (controller.parameter_count(4, 8),)
+    agent = controller.Agent(run, PRESET_TINY)
+    first = agent.episode(best, 5)[0]
+    assert agent.episode(best, 5)[0] == first  # seeded: the same episode
+    results = controller.evaluate(run, PRESET_TINY)
+    assert set(results) == {"random", "real"}
+    for r in results.values():
+        assert r["episodes"] == 2 and r["min"] <= r["q1"] <= r["median"] <= r["q3"] <= r["max"]
+        assert r["mean"] == pytest.approx(np.mean(r["returns"]), abs=0.01)
+    assert json.loads((run / "evaluation.json").read_text())["real"]["mean"] == results["real"]["mean"]
+    assert (run / "episode-real.gif").read_bytes()[:3] == b"GIF"

@@ -120,8 +120,8 @@ class MDNRNNCell(nnx.Module):
     min_stddev``. The carried sample is the posterior's when observing, else the prior's.
 
     Sampling the prior (the open loop) divides the logits by ``temperature`` and scales
-    the noise by ``sqrt(temperature)`` (World Models' dream); densities and the KL use
-    the mixture itself. ``posterior.kl(prior)`` is a single-sample Monte-Carlo estimate.
+    the noise by ``sqrt(temperature)`` (World Models' dream); temperature 0 is the limit:
+    the most likely component's mean. Densities and the KL use the mixture itself. ``posterior.kl(prior)`` is a single-sample Monte-Carlo estimate.
 
     To train it on given latent sequences as World Models does, minimise
     ``-cell.predict(latents, contexts).log_prob(latents)``: step ``t`` predicts ``z_t``
@@ -135,7 +135,8 @@ class MDNRNNCell(nnx.Module):
       det_size: ``D`` (256).
       hidden_size: the posterior's hidden width ``E``.
       mixtures: ``K`` (5).
-      temperature: ``> 0``; 1 samples the mixture itself.
+      temperature: ``>= 0``; 1 samples the mixture itself; 0 takes, per latent
+        dimension, the mean of the most likely component (no noise: deterministic).
       shared_weights: one set of mixture weights for all latent dimensions.
       min_stddev: added to the posterior's stddev.
 
@@ -166,7 +167,7 @@ class MDNRNNCell(nnx.Module):
                             ("det_size", det_size), ("hidden_size", hidden_size),
                             ("mixtures", mixtures)):
             _checks.integer(name, value)
-        _checks.number("temperature", temperature, low=0.0, low_open=True)
+        _checks.number("temperature", temperature, low=0.0)
         _checks.flag("shared_weights", shared_weights)
         _checks.number("min_stddev", min_stddev, low=0.0)
         _checks.number("forget_bias", forget_bias)
@@ -216,6 +217,12 @@ class MDNRNNCell(nnx.Module):
     def _sample(self, mix: MixtureState, gumbel: jax.Array, normal: jax.Array) -> jax.Array:
         """A sample of ``mix`` at this cell's temperature: ``(B, S)``."""
         tau = self.temperature
+        if tau == 0.0:  # the most likely component's mean
+            pick = jax.nn.one_hot(jnp.argmax(mix.log_weights, axis=-1), self.mixtures,
+                                  dtype=mix.means.dtype)
+            if self.shared_weights:
+                pick = pick[:, None, :]
+            return jnp.sum(pick * mix.means, axis=-1)
         logits = mix.log_weights if tau == 1.0 else mix.log_weights / tau
         pick = jax.nn.one_hot(jnp.argmax(logits + gumbel, axis=-1), self.mixtures,
                               dtype=mix.means.dtype)
