@@ -7,6 +7,7 @@ path and the reason, and leaves the old file as it was.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pathlib
@@ -16,18 +17,26 @@ from typing import NoReturn
 
 
 def exit_with(message: str, status: int = 1) -> NoReturn:
-    """Prints ``message`` as the process's last line on stderr and exits with ``status``.
+    """Prints ``message`` on stderr and exits with ``status``, the line staying last.
 
     What other threads print while Python shuts down is dropped: after a failed
     checkpoint write TensorStore's threads may still call back into Orbax's closed event
     loop and print ``RuntimeError: Event loop is closed``, which would bury the one line.
+    (The shutdown's first exit handler points stderr at the null device; a caller that
+    catches the ``SystemExit`` keeps its stderr until its own exit.)
     """
     print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stderr.fileno())
-    os.close(devnull)
+    atexit.unregister(_drop_late_output)  # registered once, to run first at shutdown
+    atexit.register(_drop_late_output)
     sys.exit(status)
+
+
+def _drop_late_output() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 class WriteError(OSError):

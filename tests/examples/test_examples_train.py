@@ -100,7 +100,7 @@ def test_demo_trains_and_ends_with_open_loop_videos(tmp_path, capsys):
         assert f"{split}_step0000002.gif" in out
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     real = train.make_train_step
 
     def diverging(*args, **kwargs):
@@ -120,7 +120,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     settings = demo_tiny(num_steps=6, log_every=1, ckpt_every=2, video_every=0)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--config", "demo", "--logdir", str(workdir), *cli(settings)])
-    message = str(exit_info.value.code)
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: non-finite values at step 3: {'loss': nan}")
     assert f"the last good checkpoint is step 2 in {workdir / 'checkpoints'}" in message
     assert [r["step"] for r in records(workdir)] == [1, 2]
