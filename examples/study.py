@@ -410,14 +410,14 @@ def _swapped_rollouts(graphdef, params, context_a, context_b, horizon, key):
 
 
 def copy_last_curves(videos: np.ndarray, context: int) -> dict[str, np.ndarray]:
-    """PSNR and SSIM ``(N, H)`` of repeating each video's last context frame."""
+    """PSNR and SSIM ``(N, H)`` of repeating each video's last context frame (the
+    evaluator's ``copy_last`` baseline, per frame)."""
     out: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": []}
     for video in videos:
-        frames = data.to_float(video)
-        truth = frames[context:]
-        guess = jnp.broadcast_to(frames[context - 1], truth.shape)
-        out["psnr"].append(np.asarray(psnr(guess, truth)))
-        out["ssim"].append(np.asarray(ssim(guess, truth)))
+        frames = data.to_float(video[None])
+        guess, truth = evaluator.baselines(frames, context)["copy_last"], frames[:, context:]
+        out["psnr"].append(np.asarray(psnr(guess, truth))[0])
+        out["ssim"].append(np.asarray(ssim(guess, truth))[0])
     return {k: np.stack(v) for k, v in out.items()}
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import fileio
 import media
@@ -78,15 +79,19 @@ class Agent:
         self.vision = vae.load_vae(run, preset.vae)
         self.memory = memory.load_memory(run, preset.mdnrnn, preset.vae.latent_size)
         self.max_steps = preset.controller.max_steps
+        self.hold = preset.collect.hold
+        cell = self.memory.cell
+        # The memory's own sample of the next latent is replaced by the next frame's, so
+        # its noise is not read: zeros, made once.
+        shapes = jax.eval_shape(lambda key: cell.noise(key, 1), jax.random.key(0))
+        no_noise = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         @jax.jit
         def step(carry: MDNCarry, frame: jax.Array, params: jax.Array, key: jax.Array):
             mean, std = self.vision.encode(frame[None].astype(jnp.float32) / 255.0)
             z = mean + std * jax.random.normal(key, mean.shape)
             action = act(params, z, carry.hidden)
-            cell = self.memory.cell
-            noise = jax.tree.map(jnp.zeros_like, cell.noise(key, 1))
-            carry, _ = cell(carry._replace(sample=z), None, action, noise, use_obs=False)
+            carry, _ = cell(carry._replace(sample=z), None, action, no_noise, use_obs=False)
             return carry, action[0]
 
         self._step = step
@@ -101,7 +106,7 @@ class Agent:
         observation, _ = env.reset(seed=seed)
         carry = self.memory.cell.initial_state(1)
         key = jax.random.key(seed)
-        randoms = collect.random_actions(np.random.default_rng([seed, 1]), self.max_steps, 8)
+        randoms = collect.random_actions(np.random.default_rng([seed, 1]), self.max_steps, self.hold)
         total, frames = 0.0, []
         for t in range(self.max_steps):
             if keep_frames:
@@ -154,8 +159,6 @@ def episode_runner(run: pathlib.Path, preset: Preset
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _dream(graphdef, state, population, starts, steps, key):
-    from flax import nnx
-
     model = nnx.merge(graphdef, state)
     cell = model.cell
     p, r = population.shape[0], starts.shape[0]
@@ -181,8 +184,6 @@ def dream_returns(model: memory.MemoryModel, population: np.ndarray, starts: np.
                   steps: int, key: jax.Array) -> np.ndarray:
     """Mean dreamed return ``(P,)`` of each candidate over episodes from ``starts (R, S)``
     (every candidate from the same starts and noise)."""
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     return np.asarray(_dream(graphdef, state, jnp.asarray(population, jnp.float32),
                              jnp.asarray(starts, jnp.float32), steps, key))

@@ -29,7 +29,7 @@ from flax import nnx
 
 import fileio
 import media
-from clockwork.cells import MDNRNNCell, MixtureState
+from clockwork.cells import MDNRNNCell
 from world_models import collect, loop, vae
 from world_models.presets import MdnRnnPreset, VaePreset
 
@@ -175,12 +175,6 @@ def load_memory(run: pathlib.Path, preset: MdnRnnPreset, latent_size: int,
     return nnx.merge(graphdef, loop.load_params(run / MDNRNN_DIR, params, optimizer, "train-mdnrnn"))
 
 
-def mixture_mode(prior: MixtureState) -> jax.Array:
-    """Per latent dimension, the mean of its most likely component: ``(..., S)``."""
-    pick = jax.nn.one_hot(jnp.argmax(prior.log_weights, axis=-1), prior.means.shape[-1])
-    return jnp.sum(pick * prior.means, axis=-1)
-
-
 def write_predictions(path: pathlib.Path, run: pathlib.Path, model: MemoryModel, vision: vae.VAE,
                       data: dict[str, np.ndarray], bounds: np.ndarray, frames: int = 64) -> None:
     """The first episode's first ``frames`` steps: the true frame | the VAE's
@@ -192,7 +186,7 @@ def write_predictions(path: pathlib.Path, run: pathlib.Path, model: MemoryModel,
     actions = jnp.asarray(data["actions"][rows])[None]
     contexts = jnp.concatenate([jnp.zeros((1, 1, ACTION_SIZE)), actions[:, :-1]], axis=1)
     prior = model.cell.predict(means, contexts)
-    predicted = mixture_mode(prior)[0]
+    predicted = prior.mode()[0]
     decoded = media.to_uint8(np.asarray(vision.decode(jnp.concatenate([means[0], predicted]))))
     recon, pred = decoded[: len(truth)], decoded[len(truth):]
     media.save_gif(path, np.concatenate([truth, recon, pred], axis=2))

@@ -57,6 +57,11 @@ class MixtureState:
         (zero when ``prior`` is ``self``, as in the open loop)."""
         return self.log_prob(self.sample) - prior.log_prob(self.sample)
 
+    def mode(self) -> jax.Array:
+        """Per latent dimension, the mean of the most likely component: ``(..., S)``
+        (what sampling at temperature 0 gives)."""
+        return jnp.sum(_one_hot(self, jnp.argmax(self.log_weights, axis=-1)) * self.means, axis=-1)
+
 
 @struct.dataclass
 class MDNPosterior:
@@ -120,8 +125,9 @@ class MDNRNNCell(nnx.Module):
     min_stddev``. The carried sample is the posterior's when observing, else the prior's.
 
     Sampling the prior (the open loop) divides the logits by ``temperature`` and scales
-    the noise by ``sqrt(temperature)`` (World Models' dream); temperature 0 is the limit:
-    the most likely component's mean. Densities and the KL use the mixture itself. ``posterior.kl(prior)`` is a single-sample Monte-Carlo estimate.
+    the noise by ``sqrt(temperature)`` (World Models' dream); temperature 0 is the limit,
+    the most likely component's mean (``MixtureState.mode``). Densities and the KL use
+    the mixture itself. ``posterior.kl(prior)`` is a single-sample Monte-Carlo estimate.
 
     To train it on given latent sequences as World Models does, minimise
     ``-cell.predict(latents, contexts).log_prob(latents)``: step ``t`` predicts ``z_t``
@@ -217,17 +223,10 @@ class MDNRNNCell(nnx.Module):
     def _sample(self, mix: MixtureState, gumbel: jax.Array, normal: jax.Array) -> jax.Array:
         """A sample of ``mix`` at this cell's temperature: ``(B, S)``."""
         tau = self.temperature
-        if tau == 0.0:  # the most likely component's mean
-            pick = jax.nn.one_hot(jnp.argmax(mix.log_weights, axis=-1), self.mixtures,
-                                  dtype=mix.means.dtype)
-            if self.shared_weights:
-                pick = pick[:, None, :]
-            return jnp.sum(pick * mix.means, axis=-1)
+        if tau == 0.0:
+            return mix.mode()
         logits = mix.log_weights if tau == 1.0 else mix.log_weights / tau
-        pick = jax.nn.one_hot(jnp.argmax(logits + gumbel, axis=-1), self.mixtures,
-                              dtype=mix.means.dtype)
-        if self.shared_weights:
-            pick = pick[:, None, :]
+        pick = _one_hot(mix, jnp.argmax(logits + gumbel, axis=-1))
         mean = jnp.sum(pick * mix.means, axis=-1)
         stddev = jnp.sum(pick * mix.stddevs, axis=-1)
         scale = 1.0 if tau == 1.0 else math.sqrt(tau)
@@ -305,3 +304,10 @@ class MDNRNNCell(nnx.Module):
         _, hidden = jax.lax.scan(body, (initial.cell, initial.hidden),
                                  jnp.swapaxes(projected, 0, 1))
         return self._mixture(jnp.swapaxes(hidden, 0, 1), latents)
+
+
+def _one_hot(mix: MixtureState, index: jax.Array) -> jax.Array:
+    """The chosen components ``index`` as weights over ``K`` that broadcast against
+    ``mix.means (..., S, K)``."""
+    pick = jax.nn.one_hot(index, mix.means.shape[-1], dtype=mix.means.dtype)
+    return pick[..., None, :] if mix.shared else pick
