@@ -47,6 +47,7 @@ from flax import nnx
 import checkpointing
 import eval as evaluator
 import fileio
+import interrupts
 import run_config
 import sources
 import train
@@ -117,10 +118,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tables", type=pathlib.Path,
                         help="where report writes its tables as markdown (default <dir>/tables.md)")
     args = parser.parse_args(argv)
-    study = Study(args.dir, PRESETS[args.preset], args.preset)
+    try:
+        study = Study(args.dir, PRESETS[args.preset], args.preset)
+    except ValueError as e:
+        parser.error(str(e))
     stages = STAGES if args.stage == "all" else (args.stage,)
-    for stage in stages:
-        study.run_stage(stage, figure=args.figure, tables=args.tables)
+    try:
+        for stage in stages:
+            study.run_stage(stage, figure=args.figure, tables=args.tables)
+    except (train.NonFiniteLossError, checkpointing.CheckpointError, fileio.WriteError) as e:
+        fileio.exit_with(f"error: {e}")
+    except interrupts.Interrupted as e:  # the stage's finished parts are kept; rerun to resume
+        interrupts.exit_on(e)
+    except KeyboardInterrupt:  # a second signal
+        fileio.exit_with("interrupted; rerun the same command to resume",
+                         128 + interrupts.signal.SIGINT)
 
 
 class Study:

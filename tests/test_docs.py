@@ -27,12 +27,18 @@ def blocks(page: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def run_page(name: str, min_blocks: int) -> None:
+def run_page(name: str, min_blocks: int, xla_flags: tuple[str, str] | None = None) -> None:
     """Runs the page's python blocks in one namespace; each printed output must match.
 
     The pages run under JAX's default (standard) dtype promotion, as a reader's code
-    does, not under the suite's strict one (optax's Adam, for one, needs standard)."""
-    code = blocks((DOCS / name).read_text())
+    does, not under the suite's strict one (optax's Adam, for one, needs standard).
+    ``xla_flags=(old, new)``: a page that sets ``XLA_FLAGS`` itself gets ``new`` for
+    ``old`` (the suite's compile options, see conftest.py)."""
+    text = (DOCS / name).read_text()
+    if xla_flags is not None:
+        assert xla_flags[0] in text, f"{name} no longer sets {xla_flags[0]}"
+        text = text.replace(xla_flags[0], xla_flags[1])
+    code = blocks(text)
     assert len(code) >= min_blocks
     namespace: dict = {"__name__": "docs_example"}
     for i, (text, expected) in enumerate(code):
@@ -69,14 +75,17 @@ def test_concepts_page_runs():
 
 def test_parallel_tutorial_runs_on_four_fake_devices():
     # The page sets XLA_FLAGS before JAX starts; in this process JAX has started, so the
-    # page runs in a fresh interpreter (through run_page, with its output checks).
+    # page runs in a fresh interpreter (through run_page, with its output checks), the
+    # suite's compile options added to the page's flag.
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    page_flag = "--xla_force_host_platform_device_count=4"
+    with_suite = f"{page_flag} {os.environ.get('XLA_FLAGS', '')}".strip()
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import test_docs; "
-              "test_docs.run_page('parallel.md', 2)")
-    done = subprocess.run([sys.executable, "-c", script, str(pathlib.Path(__file__).parent)],
-                          env=env, capture_output=True, text=True)
+              "test_docs.run_page('parallel.md', 2, xla_flags=tuple(sys.argv[2:]))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", script, str(pathlib.Path(__file__).parent),
+                           page_flag, with_suite], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

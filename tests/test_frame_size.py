@@ -63,7 +63,7 @@ def test_frame_size_gradients_of_the_fast_convs_match_lax():
     def grads(dec, enc):
         def loss(dec, enc):
             return jnp.sum(dec(feats) ** 2) + jnp.sum(enc(frames)[0] ** 2)
-        return jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(dec, enc))
+        return jax.tree.leaves(nnx.jit(nnx.grad(loss, argnums=(0, 1)))(dec, enc))
 
     for a, b in zip(grads(fast, enc_fast), grads(lax, enc_lax), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -95,8 +95,8 @@ def test_frame_size_model_loss_gradients_and_open_loop(size):
     model = CWVAE.from_config(TINY.replace(frame_size=size), rngs=nnx.Rngs(0))
     assert model.frame_shape == (*size, 1)
     video = jax.random.uniform(jax.random.key(0), (2, 8, *size, 1))
-    (loss, metrics), grads = nnx.value_and_grad(
-        lambda m: m.loss(video, jax.random.key(1)), has_aux=True)(model)
+    (loss, metrics), grads = nnx.jit(nnx.value_and_grad(
+        lambda m: m.loss(video, jax.random.key(1)), has_aux=True))(model)
     assert np.isfinite(float(loss)) and float(metrics["kl/1"]) > 0
     leaves = jax.tree.leaves(grads)
     assert all(np.isfinite(g).all() for g in leaves)

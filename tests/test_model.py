@@ -1,3 +1,5 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -171,9 +173,14 @@ def test_train_step_equals_manual_gradient_step():
     # nnx.grad of the model's loss, not the step's split-and-merge loss function.
     grads = nnx.jit(nnx.grad(lambda m: m.loss(x, sub)[0]))(model)
     new, _ = make_train_step(graphdef, opt, donate=False)(state, x)
+
+    @jax.jit  # Adam's first update by hand (jitted: eager, each of its ops compiles alone)
+    def first_update(grads, params):
+        updates, _ = opt.update(grads, opt.init(params), params)
+        return jax.tree.map(jnp.add, params, updates)
+
     with jax.numpy_dtype_promotion("standard"):
-        updates, _ = opt.update(nnx.state(grads, nnx.Param), opt.init(state.params), state.params)
-    want = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        want = first_update(nnx.state(grads, nnx.Param), state.params)
     chex.assert_trees_all_close(new.params, want, rtol=1e-5, atol=1e-7)
 
 
@@ -199,6 +206,15 @@ def test_open_loop_decodes_in_conv_chunks():
 PLAIN = dict(conv_impl="lax", conv_chunk=None, remat=False)
 
 
+@functools.cache
+def loss_and_grads(speed: tuple, compute_dtype: str):
+    """The loss, metrics and gradients of the tiny model built with ``dict(speed)``."""
+    x = frames((2, 5, 64, 64, 1), seed=3)
+    graphdef, params = nnx.split(build(**dict(speed)), nnx.Param)
+    loss_fn = make_loss_fn(graphdef, compute_dtype=compute_dtype)
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, x, jax.random.key(2))
+
+
 @pytest.mark.parametrize("changes,dtype,rtol", [(dict(), "float32", 1e-5),
                                                 (dict(conv_chunk=3), "float32", 1e-5),
                                                 (dict(remat=True, conv_chunk=3), "float32", 1e-5),
@@ -207,14 +223,8 @@ PLAIN = dict(conv_impl="lax", conv_chunk=None, remat=False)
 def test_speed_options_keep_the_loss_and_gradients(changes, dtype, rtol):
     """The defaults (matmul convs, chunked conv nets), remat and bfloat16 compute against
     the plain computation: float32, lax convolutions, all frames at once."""
-    x = frames((2, 5, 64, 64, 1), seed=3)
-    results = []
-    for speed, compute_dtype in ((PLAIN, "float32"), (changes, dtype)):
-        graphdef, params = nnx.split(build(**speed), nnx.Param)
-        loss_fn = make_loss_fn(graphdef, compute_dtype=compute_dtype)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, jax.random.key(2))
-        results.append((loss, metrics, grads))
-    (l0, m0, g0), (l1, m1, g1) = results
+    (l0, m0), g0 = loss_and_grads(tuple(PLAIN.items()), "float32")
+    (l1, m1), g1 = loss_and_grads(tuple(changes.items()), dtype)
     np.testing.assert_allclose(float(l1), float(l0), rtol=rtol)
     np.testing.assert_allclose(float(m1["kl/1"]), float(m0["kl/1"]), rtol=max(rtol, 1e-4))
     assert jax.tree.leaves(g1)[0].dtype == jnp.float32

@@ -319,7 +319,7 @@ def test_categorical_mdn_and_lstm_levels_in_one_hierarchy_train():
         terms = kl_terms(rollout.posteriors, rollout.priors)
         return sum(terms.kl_loss) + jnp.mean(rollout.posteriors[0].feature ** 2), terms
 
-    (value, terms), grads = nnx.value_and_grad(loss, has_aux=True)(hierarchy)
+    (value, terms), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(hierarchy)
     assert np.isfinite(float(value)) and float(terms.kl[0]) > 0 and float(terms.kl[2]) == 0
     for level in range(3):
         g = jax.tree.leaves(nnx.state(grads.cells[level]))

@@ -100,8 +100,8 @@ def test_encoder_chunks_equal_all_frames_and_remat_only_when_asked(remat):
     def loss(frames, **kw):
         return sum(jnp.sum(e**2) for e in enc(frames, **kw))
 
-    whole = jax.value_and_grad(loss)(frames)
-    chunked = jax.value_and_grad(lambda f: loss(f, chunk=3, remat=remat))(frames)
+    whole = jax.jit(jax.value_and_grad(loss))(frames)
+    chunked = jax.jit(jax.value_and_grad(lambda f: loss(f, chunk=3, remat=remat)))(frames)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5)
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-4, atol=1e-7)
     # remat puts the chunk body under jax.checkpoint (recomputed in the backward pass).

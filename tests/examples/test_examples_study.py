@@ -58,6 +58,26 @@ def test_study_folder_of_other_sizes_is_refused(tiny):
         study.Study(tiny, study.PRESETS["full"])
 
 
+def test_study_folder_of_other_sizes_is_one_usage_line(tiny, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["train", "--dir", str(tiny)])
+    assert stopped.value.code == 2
+    assert "holds a study of other sizes" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_study_stopped_by_a_signal_is_one_line_and_its_exit_code(tmp_path, monkeypatch, capsys):
+    import interrupts
+
+    def stopped_stage(self, stage, **_):
+        raise interrupts.Interrupted(15, "SIGTERM: stopped at step 7 of 10; checkpoint written")
+
+    monkeypatch.setattr(study.Study, "run_stage", stopped_stage)
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["train", "--dir", str(tmp_path), "--preset", "tiny"])
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err == "SIGTERM: stopped at step 7 of 10; checkpoint written\n"
+
+
 def test_study_swap_changes_only_the_top_level(tiny):
     s = study.Study(tiny, study.PRESETS["tiny"], "tiny")
     videos, labels = s.test_set(s.config("cwvae3"), 24)

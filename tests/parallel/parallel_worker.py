@@ -6,7 +6,7 @@
 messages; saves the 8-device state as a checkpoint and the 2-step single-device
 reference for ``distributed``. ``cells``: on 4 devices, the loss and gradients of models
 with user cells (tests/user_cells.py, with and without the fast path) and with the
-library's categorical, MDN-RNN and LSTM cells on meshes of 1, 2 and 4, and the
+library's categorical, MDN-RNN and LSTM cells on meshes of 1 and 4, and the
 collectives inside loops of each compiled sharded step. ``restore``: restores that checkpoint on the devices of
 this process (all of them on one mesh). ``distributed PORT ID``: two processes, one device each, train two steps.
 Each mode writes ``OUT_DIR/<mode>[-<id>].json`` (and ``.npz`` of parameters).
@@ -159,7 +159,7 @@ def cells_mode(out: pathlib.Path) -> dict:
         loss_fn = make_loss_fn(graphdef)
         (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params, x, key)
         scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads))
-        for devices in (1, 2, 4):
+        for devices in (1, 4):
             mesh = parallel.make_mesh(devices)
             args = (parallel.shard_params(state.params, mesh), parallel.shard_batch(x, mesh), key)
             # One compilation serves both the numbers and the look at its loops.

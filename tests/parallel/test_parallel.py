@@ -166,15 +166,15 @@ def test_two_processes_train_like_one_on_the_combined_batch(runs):
 
 @pytest.fixture(scope="module")
 def cells_run(tmp_path_factory) -> dict:
-    """Models with user cells on meshes of 1, 2 and 4 fake devices."""
+    """Models with user cells on meshes of 1 and 4 fake devices (one of 2 adds nothing)."""
     out = once(tmp_path_factory, "parallel_cells",
                lambda out: finish(start("cells", out, devices=4)))
     return read(out, "cells")
 
 
 @pytest.mark.parametrize("kind", ["slow", "both"])
-@pytest.mark.parametrize("devices", [1, 2, 4])
-def test_user_cells_give_the_same_loss_and_gradients_on_1_2_and_4_devices(cells_run, kind, devices):
+@pytest.mark.parametrize("devices", [1, 4])
+def test_user_cells_give_the_same_loss_and_gradients_on_1_and_4_devices(cells_run, kind, devices):
     """Any cell, with the fast path or without it, trains the same on any mesh: its
     noise is drawn for the whole batch before the one shard_map of the step."""
     assert cells_run["devices"] == 4
@@ -184,15 +184,14 @@ def test_user_cells_give_the_same_loss_and_gradients_on_1_2_and_4_devices(cells_
 
 
 @pytest.mark.parametrize("kind", ["slow", "both"])
-@pytest.mark.parametrize("devices", [2, 4])
-def test_user_cell_scans_run_per_device_with_no_collective_inside(cells_run, kind, devices):
-    result = cells_run[f"{kind}-{devices}"]
+def test_user_cell_scans_run_per_device_with_no_collective_inside(cells_run, kind):
+    result = cells_run[f"{kind}-4"]
     assert result["loops"] >= 4  # two levels' scans and the conv chunk maps, both passes
     assert result["loop_collectives"] == 0
 
 
-@pytest.mark.parametrize("devices", [1, 2, 4])
-def test_categorical_mdn_and_lstm_cells_train_alike_on_1_2_and_4_devices(cells_run, devices):
+@pytest.mark.parametrize("devices", [1, 4])
+def test_categorical_mdn_and_lstm_cells_train_alike_on_1_and_4_devices(cells_run, devices):
     """A three-level model of the categorical RSSM, the MDN-RNN and the LSTM cells: the
     same loss and gradients on any mesh, and scans with no collective inside."""
     result = cells_run[f"library-{devices}"]
