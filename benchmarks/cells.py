@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import benchlib
 from clockwork import CWVAE
 from clockwork.config import LossConfig, ModelConfig
 from clockwork.data import VideoPipeline, generate_moving_mnist, to_float
@@ -78,17 +79,6 @@ def row_context(cfg: ModelConfig, context: int) -> int:
     """The smallest multiple of the top period that is at least ``context``."""
     period = cfg.clock.top_period
     return -(-context // period) * period
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def run_row(
@@ -204,7 +194,7 @@ def main() -> None:
     print()
     wall = time.perf_counter() - start
     command = shlex.join(sys.orig_argv)
-    cpu = cpu_model()
+    cpu = benchlib.cpu_model()
     print(f"CPU: {cpu}")
     print(f"wall time: {wall:.1f} s")
     print(f"command: {command}")

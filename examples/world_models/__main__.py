@@ -1,26 +1,47 @@
 """``python examples/world_models STAGE --run DIR [--preset NAME] [--mode MODE]``.
 
 Stages, in order (``all`` runs them all; each resumes what a killed run left):
-collect, train-vae, encode, train-mdnrnn, train-controller, evaluate. See the package
-doc and docs/tutorials/world_models.md.
+collect, train-vae, encode, train-mdnrnn, train-controller, evaluate. Each stage's wall
+seconds add up in ``<run>/times.json``. See the package doc and
+docs/tutorials/world_models.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import pathlib
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
 
+import fileio  # noqa: E402
 from world_models import collect, controller, memory, vae  # noqa: E402
 from world_models.presets import PRESETS, Preset  # noqa: E402
+
+TIMES_FILE = "times.json"
+
+
+@contextlib.contextmanager
+def timed(run: pathlib.Path, name: str) -> Iterator[None]:
+    """Adds the block's wall seconds to ``name`` in ``<run>/times.json`` (a resumed stage
+    adds its own; a stage stopped by an error adds nothing)."""
+    started = time.perf_counter()
+    yield
+    path = run / TIMES_FILE
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[name] = round(times.get(name, 0.0) + time.perf_counter() - started, 1)
+    with fileio.replacing(path) as tmp:
+        tmp.write_text(json.dumps(times, indent=2) + "\n")
 
 
 def _controllers(run: pathlib.Path, preset: Preset, modes: tuple[str, ...]) -> None:
     for mode in modes:
-        controller.train_controller(run, preset, mode)
+        with timed(run, f"train-controller {mode}"):
+            controller.train_controller(run, preset, mode)
 
 
 STAGES: dict[str, Callable[[pathlib.Path, Preset, tuple[str, ...]], object]] = {
@@ -43,7 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     modes = controller.MODES if args.mode == "both" else (args.mode,)
     for stage in STAGES if args.stage == "all" else (args.stage,):
-        STAGES[stage](args.run, PRESETS[args.preset], modes)
+        args.run.mkdir(parents=True, exist_ok=True)
+        if stage == "train-controller":  # timed per mode
+            _controllers(args.run, PRESETS[args.preset], modes)
+        else:
+            with timed(args.run, stage):
+                STAGES[stage](args.run, PRESETS[args.preset], modes)
 
 
 if __name__ == "__main__":

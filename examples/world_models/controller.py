@@ -75,12 +75,11 @@ def act(params: jax.Array, z: jax.Array, h: jax.Array) -> jax.Array:
 class Agent:
     """The VAE, the memory and a controller, acting in CarRacing-v3 one frame at a time."""
 
-    def __init__(self, run: pathlib.Path, preset: Preset):
-        self.vision = vae.load_vae(run, preset.vae)
-        self.memory = memory.load_memory(run, preset.mdnrnn, preset.vae.latent_size)
-        self.max_steps = preset.controller.max_steps
-        self.hold = preset.collect.hold
-        cell = self.memory.cell
+    def __init__(self, vision: vae.VAE, memory_model: memory.MemoryModel, max_steps: int,
+                 hold: int):
+        self.vision, self.memory = vision, memory_model
+        self.max_steps, self.hold = max_steps, hold
+        cell = memory_model.cell
         # The memory's own sample of the next latent is replaced by the next frame's, so
         # its noise is not read: zeros, made once.
         shapes = jax.eval_shape(lambda key: cell.noise(key, 1), jax.random.key(0))
@@ -95,6 +94,13 @@ class Agent:
             return carry, action[0]
 
         self._step = step
+
+    @classmethod
+    def from_run(cls, run: pathlib.Path, preset: Preset) -> Agent:
+        """The agent of ``run``'s trained VAE and memory."""
+        return cls(vae.load_vae(run, preset.vae),
+                   memory.load_memory(run, preset.mdnrnn, preset.vae.latent_size),
+                   preset.controller.max_steps, preset.collect.hold)
 
     def episode(self, params: np.ndarray | None, seed: int, keep_frames: bool = False
                 ) -> tuple[float, list[np.ndarray]]:
@@ -130,7 +136,7 @@ _AGENT: Agent | None = None
 
 def _init_worker(run: pathlib.Path, preset: Preset) -> None:
     global _AGENT
-    _AGENT = Agent(run, preset)
+    _AGENT = Agent.from_run(run, preset)
 
 
 def _episode_return(task: tuple[np.ndarray | None, int]) -> float:
@@ -282,7 +288,7 @@ def evaluate(run: pathlib.Path, preset: Preset) -> dict[str, Any]:
         if best.is_file():
             policies[mode] = np.load(best)
     results = {}
-    agent = Agent(run, preset)
+    agent = Agent.from_run(run, preset)
     with episode_runner(run, preset) as returns_of:
         returns = {name: returns_of([(params, s) for s in seeds]) for name, params in policies.items()}
     for name, params in policies.items():

@@ -101,6 +101,8 @@ def test_world_models_command_line_collects_the_smoke_preset(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == f"collect: wrote 2 shards into {tmp_path / 'rollouts'}"
     assert len(collect.load(tmp_path)["frames"]) == 4 * 40
+    times = json.loads((tmp_path / "times.json").read_text())
+    assert list(times) == ["collect"] and times["collect"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +302,7 @@ def test_world_models_real_controller_and_evaluation(trained, tmp_path):
     shutil.copytree(trained, run)
     best = controller.train_controller(run, PRESET_TINY, "real")
     assert best.shape == (controller.parameter_count(4, 8),)
-    agent = controller.Agent(run, PRESET_TINY)
+    agent = controller.Agent.from_run(run, PRESET_TINY)
     first = agent.episode(best, 5)[0]
     assert agent.episode(best, 5)[0] == first  # seeded: the same episode
     results = controller.evaluate(run, PRESET_TINY)
