@@ -22,6 +22,10 @@ frames ``--num-samples`` times, streamed one top-level period at a time
 - ``summary.json``: the settings, the mean metrics, those of two baselines on the same
   frames (``copy_last``: the last context frame repeated; ``blank``: black frames) and
   the peak memory.
+
+PSNR is clipped to :func:`psnr_limit` of the frame size (a frame predicted exactly, as
+the ``copy_last`` baseline can be when a digit comes back to where it was, would give
+``inf`` and make every mean it enters ``inf``).
 """
 
 from __future__ import annotations
@@ -138,6 +142,17 @@ def locate(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
     )
 
 
+def psnr_limit(frame_size: tuple[int, int]) -> float:
+    """The highest PSNR (dB) two different 8-bit frames of ``frame_size`` can have: one
+    level of one pixel apart, ``10 log10(255**2 H W)``; exact predictions count as this.
+
+    >>> round(psnr_limit((64, 64)), 2)
+    84.25
+    """
+    height, width = frame_size
+    return float(10 * np.log10(255.0**2 * height * width))
+
+
 def evaluate(
     run: str | pathlib.Path, settings: EvalSettings, *, videos: data.VideoSource | None = None,
     stop: interrupts.Interrupts | None = None,
@@ -200,6 +215,7 @@ def evaluate(
     all_ssim = np.empty_like(all_psnr)
     base = {name: np.empty((settings.num_examples, 2, horizon), np.float32) for name in BASELINES}
     root = jax.random.key(settings.seed)
+    limit = psnr_limit(test[0].shape[-3:-1])
     for i in range(settings.num_examples):
         video = test[i]
         context = data.to_float(np.broadcast_to(video[:ctx], (batch, *video[:ctx].shape)))
@@ -214,11 +230,11 @@ def evaluate(
             if settings.clip:
                 pred = jnp.clip(pred, 0.0, 1.0)
             first, count = j * batch, min(batch, settings.num_samples - j * batch)
-            all_psnr[i, first : first + count] = np.asarray(psnr(pred, truth))[:count]
+            all_psnr[i, first : first + count] = np.asarray(psnr(pred, truth, max_db=limit))[:count]
             all_ssim[i, first : first + count] = np.asarray(ssim(pred, truth))[:count]
             preds.append(media.to_uint8(np.asarray(pred[:count])))
         for name, guess in baselines(data.to_float(video[None]), ctx).items():
-            base[name][i] = np.stack([np.asarray(psnr(guess, truth[:1]))[0],
+            base[name][i] = np.stack([np.asarray(psnr(guess, truth[:1], max_db=limit))[0],
                                       np.asarray(ssim(guess, truth[:1]))[0]])
         write_example(outdir / "examples", i, video, ctx, np.concatenate(preds),
                       all_psnr[i], all_ssim[i], settings)

@@ -425,10 +425,11 @@ def copy_last_curves(videos: np.ndarray, context: int) -> dict[str, np.ndarray]:
     """PSNR and SSIM ``(N, H)`` of repeating each video's last context frame (the
     evaluator's ``copy_last`` baseline, per frame)."""
     out: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": []}
+    limit = evaluator.psnr_limit(videos.shape[-3:-1])
     for video in videos:
         frames = data.to_float(video[None])
         guess, truth = evaluator.baselines(frames, context)["copy_last"], frames[:, context:]
-        out["psnr"].append(np.asarray(psnr(guess, truth))[0])
+        out["psnr"].append(np.asarray(psnr(guess, truth, max_db=limit))[0])
         out["ssim"].append(np.asarray(ssim(guess, truth))[0])
     return {k: np.stack(v) for k, v in out.items()}
 

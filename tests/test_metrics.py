@@ -124,6 +124,19 @@ def test_psnr_matches_skimage_per_channel(kind: str, channels: int, data_range: 
     np.testing.assert_allclose(got, _sk_psnr(pred, target, data_range), rtol=0, atol=1e-5)
 
 
+def test_psnr_max_db_clips_exact_channels_and_leaves_the_rest() -> None:
+    target = np.random.default_rng(0).random((3, 8, 8, 2)).astype(np.float32)
+    pred = target.copy()
+    pred[1, 0, 0, 0] += 0.25  # frame 1: channel 0 off by one pixel, channel 1 exact
+    pred[2] += 0.5  # frame 2: both channels off everywhere (6.02 dB each)
+    got = np.asarray(psnr(jnp.asarray(pred), jnp.asarray(target), max_db=40.0))
+    one_pixel = 10 * np.log10(64 / 0.25**2)  # 30.1 dB
+    np.testing.assert_allclose(got, [40.0, (one_pixel + 40.0) / 2, 10 * np.log10(4)], rtol=1e-5)
+    assert np.isinf(np.asarray(psnr(jnp.asarray(target), jnp.asarray(target)))).all()
+    with pytest.raises(ValueError, match="max_db"):
+        psnr(jnp.asarray(pred), jnp.asarray(target), max_db=0.0)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_float64_matches_skimage_to_rounding(channels: int) -> None:
     """With x64 the only differences left are float64 rounding."""
@@ -192,7 +205,7 @@ def test_jit_equals_eager() -> None:
     pred, target = (jnp.asarray(x) for x in _frames("blobs", 3))
     eager = [metrics._ssim.__wrapped__(pred, target, 1.0, win_size=7, k1=0.01, k2=0.03,
                                        use_sample_covariance=True),
-             metrics._psnr.__wrapped__(pred, target, 1.0, per_channel=True)]
+             metrics._psnr.__wrapped__(pred, target, 1.0, None, per_channel=True)]
     nested = jax.jit(lambda p, t, r: (ssim(p, t, r), psnr(p, t)))(pred, target, 1.0)
     for got, want in zip(nested, eager):
         np.testing.assert_allclose(got, want, rtol=1e-6)

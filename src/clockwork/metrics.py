@@ -32,7 +32,8 @@ def _check_frames(pred: jax.Array, target: jax.Array) -> None:
 
 
 def psnr(
-    pred: jax.Array, target: jax.Array, data_range: float = 1.0, *, per_channel: bool = True
+    pred: jax.Array, target: jax.Array, data_range: float = 1.0, *, per_channel: bool = True,
+    max_db: float | None = None,
 ) -> jax.Array:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range**2 / mse)``.
 
@@ -44,11 +45,14 @@ def psnr(
         scikit-image on each channel); ``False`` takes one PSNR of the mean squared error
         over all pixels and channels (scikit-image on the whole frame). The two agree
         when ``C == 1``.
+      max_db: if given, each PSNR (of a channel, with ``per_channel``) is clipped to at
+        most ``max_db``, so that exact frames keep means finite.
 
     Returns:
       ``(...)``. A frame (or, with ``per_channel``, a channel) with ``mse == 0`` gives
-      ``+inf``, as in scikit-image; averaging curves that contain it gives ``inf``
-      means and ``nan`` spreads, so callers that expect exact predictions should clip.
+      ``+inf``, as in scikit-image, unless ``max_db`` is given; averaging curves that
+      contain ``inf`` gives ``inf`` means and ``nan`` spreads, so pass ``max_db`` when
+      predictions can be exact (a copy of a frame, for one).
       In float32 the result is within 1e-5 dB of a float64 computation below about
       60 dB (float32's own spacing is 4e-6 dB from 32 to 64 dB); with x64, to rounding.
 
@@ -56,22 +60,29 @@ def psnr(
       >>> x = jnp.zeros((2, 8, 8, 3))
       >>> psnr(x + 0.5, x).round(4)  # mse = 1/4, so 10 log10(4) dB
       Array([6.0206, 6.0206], dtype=float32)
+      >>> psnr(x, x, max_db=60.0)
+      Array([60., 60.], dtype=float32)
 
     Raises:
       TypeError, ValueError: ``pred`` or ``target`` is not a float array ``(..., H, W,
-        C)`` or their shapes differ, ``data_range`` is not a positive number (arrays
-        pass unchecked) or ``per_channel`` not a bool.
+        C)`` or their shapes differ, ``data_range`` or ``max_db`` is not a positive
+        number (arrays pass unchecked) or ``per_channel`` not a bool.
     """
     _check_frames(pred, target)
     _checks.scalar("data_range", data_range, low=0.0, low_open=True)
-    return _psnr(pred, target, data_range, per_channel=_checks.flag("per_channel", per_channel))
+    if max_db is not None:
+        _checks.scalar("max_db", max_db, low=0.0, low_open=True)
+    return _psnr(pred, target, data_range, max_db, per_channel=_checks.flag("per_channel", per_channel))
 
 
 @functools.partial(jax.jit, static_argnames="per_channel")
-def _psnr(pred: jax.Array, target: jax.Array, data_range: Any, *, per_channel: bool) -> jax.Array:
+def _psnr(pred: jax.Array, target: jax.Array, data_range: Any, max_db: Any, *,
+          per_channel: bool) -> jax.Array:
     axes = (-3, -2) if per_channel else (-3, -2, -1)
     mse = jnp.mean(jnp.square(pred - target), axis=axes)
     value = 10.0 * jnp.log10(data_range**2 / mse)
+    if max_db is not None:
+        value = jnp.minimum(value, jnp.asarray(max_db, value.dtype))
     return jnp.mean(value, axis=-1) if per_channel else value
 
 
