@@ -266,7 +266,7 @@ def test_good_calls_are_unchanged(model):
     assert _checks.prng_key("key", KEY) is KEY
     pred, target = jnp.full((2, 8, 8, 3), 0.25), jnp.full((2, 8, 8, 3), 0.5)
     np.testing.assert_array_equal(metrics.psnr(pred, target),
-                                  metrics._psnr(pred, target, 1.0, per_channel=True))
+                                  metrics._psnr(pred, target, 1.0, None, per_channel=True))
     np.testing.assert_array_equal(
         metrics.ssim(pred, target), metrics._ssim(pred, target, 2.0, win_size=7, k1=0.01, k2=0.03,
                                                   use_sample_covariance=True))
