@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import pathlib
 import sys
+import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -84,3 +86,16 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def timed(path: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """Adds the block's wall seconds to ``name`` in the JSON file ``path`` (written with
+    :func:`replacing`; a resumed stage adds its own, one stopped by an error nothing)."""
+    started = time.perf_counter()
+    yield
+    path = pathlib.Path(path)
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[name] = round(times.get(name, 0.0) + time.perf_counter() - started, 1)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(times, indent=2) + "\n")

@@ -34,7 +34,6 @@ import functools
 import json
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,17 +154,12 @@ class Study:
     def run_stage(self, stage: str, figure: pathlib.Path | None = None,
                   tables: pathlib.Path | None = None) -> None:
         """Runs ``stage`` and adds its wall time to ``<dir>/times.json``."""
-        started = time.perf_counter()
         print(f"study: {stage}", flush=True)
-        if stage == "report":
-            self.report(figure or self.root / "study_curves.png", tables or self.root / "tables.md")
-        else:
-            getattr(self, stage)()
-        times_path = self.root / "times.json"
-        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-        times[stage] = times.get(stage, 0.0) + time.perf_counter() - started
-        with fileio.replacing(times_path) as tmp:
-            tmp.write_text(json.dumps(times, indent=2) + "\n")
+        with fileio.timed(self.root / "times.json", stage):
+            if stage == "report":
+                self.report(figure or self.root / "study_curves.png", tables or self.root / "tables.md")
+            else:
+                getattr(self, stage)()
 
     def config(self, name: str) -> run_config.RunConfig:
         """The run config of model ``name``."""

@@ -9,12 +9,9 @@ docs/tutorials/world_models.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import pathlib
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/
 
@@ -25,22 +22,9 @@ from world_models.presets import PRESETS, Preset  # noqa: E402
 TIMES_FILE = "times.json"
 
 
-@contextlib.contextmanager
-def timed(run: pathlib.Path, name: str) -> Iterator[None]:
-    """Adds the block's wall seconds to ``name`` in ``<run>/times.json`` (a resumed stage
-    adds its own; a stage stopped by an error adds nothing)."""
-    started = time.perf_counter()
-    yield
-    path = run / TIMES_FILE
-    times = json.loads(path.read_text()) if path.is_file() else {}
-    times[name] = round(times.get(name, 0.0) + time.perf_counter() - started, 1)
-    with fileio.replacing(path) as tmp:
-        tmp.write_text(json.dumps(times, indent=2) + "\n")
-
-
 def _controllers(run: pathlib.Path, preset: Preset, modes: tuple[str, ...]) -> None:
     for mode in modes:
-        with timed(run, f"train-controller {mode}"):
+        with fileio.timed(run / TIMES_FILE, f"train-controller {mode}"):
             controller.train_controller(run, preset, mode)
 
 
@@ -68,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "train-controller":  # timed per mode
             _controllers(args.run, PRESETS[args.preset], modes)
         else:
-            with timed(args.run, stage):
+            with fileio.timed(args.run / TIMES_FILE, stage):
                 STAGES[stage](args.run, PRESETS[args.preset], modes)
 
 
