@@ -81,14 +81,3 @@ def build(p: Preset, speed: SpeedConfig | None = None, seed: int = 0) -> CWVAE:
     return CWVAE.from_config(p.model, loss=p.loss, speed=p.speed if speed is None else speed,
                              rngs=nnx.Rngs(seed))
 
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``"unknown"`` where it has none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 import benchlib
+import cpuinfo
 from clockwork import CWVAE
 from clockwork.config import LossConfig, ModelConfig
 from clockwork.data import VideoPipeline, generate_moving_mnist, to_float
@@ -194,7 +195,7 @@ def main() -> None:
     print()
     wall = time.perf_counter() - start
     command = shlex.join(sys.orig_argv)
-    cpu = benchlib.cpu_model()
+    cpu = cpuinfo.cpu_model()
     print(f"CPU: {cpu}")
     print(f"wall time: {wall:.1f} s")
     print(f"command: {command}")

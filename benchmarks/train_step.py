@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/train_step.py --preset mmnist --batch 8 --seq-len 100
 
 Prints the median seconds per step after warm-up, compile seconds, peak RSS (of the
-training steps), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s, the FLOP/s
-of a large float32 matmul measured in the same process, and their ratio (MFU), and the
+training steps), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s, the CPU (model, flags)
+and the best rate of a 4096^2 float32 product measured in the same process (XLA's
+``jnp.dot`` under this process's ``XLA_FLAGS``, NumPy's BLAS), their ratio (MFU), and the
 loss against the plain computation (float32, lax convolutions, all frames at once, no
 remat) for the same weights, batch and key; the last line is a JSON object. The program
 restarts itself with glibc's malloc on huge pages (``examples/host.py``; opt out with
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
+import os
 import resource
 import statistics
 import time
@@ -36,26 +37,14 @@ import numpy as np
 from flax import nnx
 
 import benchlib
+import cpuinfo
+from gemm import numpy_gflops, xla_gflops
 from clockwork.training import init_train_state, make_loss_fn, make_optimizer, make_train_step
 from host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of a jitted ``n x n`` float32 matmul (median of ``repeats``)."""
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    b = jax.random.normal(jax.random.key(1), (n, n))
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def xla_flops(cost: dict | list | None) -> float:
@@ -117,7 +106,8 @@ def main() -> None:
 
     loss_here = loss_of(graphdef, dtype)
     loss_plain = loss_of(plain_graphdef, benchlib.PLAIN.compute_dtype)
-    matmul = matmul_flops_per_s()
+    gemm = {"xla_f32": xla_gflops() * 1e9, "numpy_f32": numpy_gflops() * 1e9}
+    matmul = max(gemm.values())
     achieved = model_flops / step_s
     figures = {
         "preset": args.preset,
@@ -132,20 +122,26 @@ def main() -> None:
         "program_flops_per_step": flops,
         "achieved_flops_per_s": achieved,
         "matmul_flops_per_s": matmul,
+        "gemm_flops_per_s": gemm,
         "mfu": achieved / matmul,
         "hfu": flops / step_s / matmul,
         "loss": loss_here,
         "loss_plain_f32": loss_plain,
         "loss_rel_diff": abs(loss_here - loss_plain) / abs(loss_plain),
         "jax": jax.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpuinfo.cpu_summary(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc_hugepages": hugepage_malloc_requested(),
     }
+    cpu = figures["cpu"]
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['isa'])}; "
+          f"XLA_FLAGS={figures['xla_flags']!r}")
     print(f"{args.preset} batch {args.batch} x {args.seq_len} frames: "
           f"{step_s:.3f} s/step (median of {args.steps}), compile {compile_s:.1f} s, "
           f"peak RSS {peak:.2f} GiB, malloc huge pages {'on' if figures['malloc_hugepages'] else 'off'}")
     print(f"model FLOPs {model_flops / 1e9:.1f} G/step (program: {flops / 1e9:.1f} G), "
-          f"achieved {achieved / 1e9:.1f} GFLOP/s, matmul {matmul / 1e9:.1f} GFLOP/s, "
+          f"achieved {achieved / 1e9:.1f} GFLOP/s, best GEMM {matmul / 1e9:.1f} GFLOP/s "
+          f"(XLA {gemm['xla_f32'] / 1e9:.0f}, NumPy {gemm['numpy_f32'] / 1e9:.0f}), "
           f"MFU {achieved / matmul:.1%} (program FLOPs: {figures['hfu']:.1%})")
     print(f"loss {loss_here:.6g} vs plain float32 {loss_plain:.6g} "
           f"(relative difference {figures['loss_rel_diff']:.2e})")

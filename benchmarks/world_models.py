@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 import benchlib
+import cpuinfo
 from world_models import collect, controller, loop, memory, vae
 from world_models.presets import PRESETS
 
@@ -52,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     p = PRESETS[args.preset]
     rng = np.random.default_rng(0)
-    out: dict[str, object] = {"preset": args.preset, "cpu": benchlib.cpu_model(),
+    out: dict[str, object] = {"preset": args.preset, "cpu": cpuinfo.cpu_model(),
                               "jax": jax.__version__}
 
     collect.episode(0, 5, p.collect.hold)  # the environment's first start (imports, fonts)
