@@ -1,6 +1,7 @@
 """What the benchmarks share: the example programs' folder on ``sys.path`` (for ``host``,
-the huge-page malloc restart, and ``run_config``) and ``--set key=value`` overrides of a
-preset, each sent to the config (model, loss, optim or speed) that has the field.
+the huge-page malloc restart, and ``run_config``), ``--set key=value`` overrides of a
+preset, each sent to the config (model, loss, optim or speed) that has the field, and the
+training step that ``train_step.py`` times and ``profile_step.py`` traces.
 
 >>> p = with_overrides(preset("mmnist"), parse_sets(["levels=2", "remat=true", "lr=1e-3"]))
 >>> p.model.levels, p.speed.remat, p.optim.lr
@@ -9,6 +10,7 @@ preset, each sent to the config (model, loss, optim or speed) that has the field
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import pathlib
@@ -20,10 +22,14 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from clockwork import CWVAE
 from clockwork.config import Preset, SpeedConfig, preset
+from clockwork.training import init_train_state, make_optimizer, make_train_step
 
 PLAIN = SpeedConfig(conv_impl="lax", conv_chunk=None, remat=False, compute_dtype="float32")
 """The plain computation: float32, lax convolutions, all frames at once, no remat."""
@@ -81,3 +87,26 @@ def build(p: Preset, speed: SpeedConfig | None = None, seed: int = 0) -> CWVAE:
     return CWVAE.from_config(p.model, loss=p.loss, speed=p.speed if speed is None else speed,
                              rngs=nnx.Rngs(seed))
 
+
+def add_step_arguments(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
+    """``--preset``, ``--batch``, ``--seq-len``, ``--steps`` and ``--set`` of a step benchmark."""
+    parser.add_argument("--preset", default="mmnist", choices=["demo", "mmnist", "mazes", "minerl"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the preset's model, loss, optim or speed fields, "
+                             "e.g. levels=2 remat=true compute_dtype=bfloat16 (values parsed "
+                             "as JSON, else kept as strings)")
+
+
+def train_step_setup(p: Preset, batch: int, seq_len: int):
+    """``(optimizer, graphdef, state, step, frames)``: ``p``'s optimiser, its train state
+    initialised with key 0, its jitted training step (``p.speed.compute_dtype``) and a
+    ``(batch, seq_len, 64, 64, C)`` batch of random ``uint8`` frames (NumPy seed 0)."""
+    optimizer = make_optimizer(**dataclasses.asdict(p.optim))
+    graphdef, state = init_train_state(build(p), optimizer, jax.random.key(0))
+    step = make_train_step(graphdef, optimizer, compute_dtype=p.speed.compute_dtype)
+    frames = jnp.asarray(np.random.default_rng(0).integers(
+        0, 256, (batch, seq_len, 64, 64, p.model.channels), dtype=np.uint8))
+    return optimizer, graphdef, state, step, frames

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import os
 import pathlib
@@ -27,11 +26,8 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import benchlib
-from clockwork.training import init_train_state, make_optimizer, make_train_step
 from host import restart_with_hugepage_malloc
 
 KINDS = ("convolution", "dot", "custom-call", "while", "copy", "transpose", "reduce",
@@ -91,23 +87,13 @@ def op_seconds(trace_dir: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="mmnist", choices=["demo", "mmnist", "mazes", "minerl"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=2, help="traced steps")
+    benchlib.add_step_arguments(parser, 2, "traced steps")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the preset's fields, as in train_step.py")
     parser.add_argument("--hlo", type=pathlib.Path, help="also write the optimised HLO here")
     args = parser.parse_args()
 
     cfg = benchlib.load(args.preset, benchlib.parse_sets(args.set))
-    model = benchlib.build(cfg)
-    opt = make_optimizer(**dataclasses.asdict(cfg.optim))
-    graphdef, state = init_train_state(model, opt, jax.random.key(0))
-    step = make_train_step(graphdef, opt, compute_dtype=cfg.speed.compute_dtype)
-    frames = jnp.asarray(np.random.default_rng(0).integers(
-        0, 256, (args.batch, args.seq_len, 64, 64, cfg.model.channels), dtype=np.uint8))
+    _, _, state, step, frames = benchlib.train_step_setup(cfg, args.batch, args.seq_len)
     compiled = step.lower(state, frames).compile()
     hlo = compiled.as_text()
     if args.hlo:

@@ -24,7 +24,6 @@ conv nets (``conv_chunk``) and is only a lower bound.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -33,13 +32,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import benchlib
 import cpuinfo
 from gemm import numpy_gflops, xla_gflops
-from clockwork.training import init_train_state, make_loss_fn, make_optimizer, make_train_step
+from clockwork.training import make_loss_fn, make_train_step
 from host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
@@ -55,28 +53,13 @@ def xla_flops(cost: dict | list | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="mmnist", choices=["demo", "mmnist", "mazes", "minerl"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the preset's model, loss, optim or speed fields, "
-                             "e.g. levels=2 remat=true compute_dtype=bfloat16 (values parsed "
-                             "as JSON, else kept as strings)")
+    benchlib.add_step_arguments(parser, 5, "timed steps after warm-up")
     args = parser.parse_args()
 
     overrides = benchlib.parse_sets(args.set)
     cfg = benchlib.load(args.preset, overrides)
     dtype = cfg.speed.compute_dtype
-    model = benchlib.build(cfg)
-    opt = make_optimizer(**dataclasses.asdict(cfg.optim))
-    graphdef, state = init_train_state(model, opt, jax.random.key(0))
-    del model
-    step = make_train_step(graphdef, opt, compute_dtype=dtype)
-    rng = np.random.default_rng(0)
-    frames = jnp.asarray(
-        rng.integers(0, 256, (args.batch, args.seq_len, 64, 64, cfg.model.channels), dtype=np.uint8)
-    )
+    opt, graphdef, state, step, frames = benchlib.train_step_setup(cfg, args.batch, args.seq_len)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, frames).compile()
