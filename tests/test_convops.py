@@ -178,3 +178,66 @@ def test_rejects_unbatched_input_and_unknown_impl() -> None:
         convops.conv2d(jnp.zeros((8, 8, 2)), w, b)
     with pytest.raises(ValueError, match="impl"):
         convops.conv2d(jnp.zeros((1, 8, 8, 2)), w, b, impl="nope")  # type: ignore[arg-type]
+
+
+def _round_bf16(a: jax.Array) -> jax.Array:
+    return a.astype(jnp.bfloat16).astype(a.dtype)
+
+
+# (op, impl, x, w, stride, forward rounded, input gradient rounded): the float32
+# reference the bfloat16-operand products should give. A product of two bfloat16
+# numbers is exact in float32, so a product with bfloat16 operands and float32
+# accumulation is the float32 product of the rounded operands, up to summation order.
+# XLA's own convolutions stay float32: conv2d's forward pass above 4 input channels,
+# and its input gradient where that is a sub-pixel convolution.
+BF16_CASES = [
+    (convops.conv2d, "matmul", (2, 31, 31, 3), (4, 4, 3, 4), 2, True, True),
+    (convops.conv2d, "matmul", (1, 30, 30, 12), (6, 6, 12, 4), 2, False, False),
+    (convops.conv2d, "matmul", (2, 14, 14, 8), (4, 4, 8, 6), 2, False, True),
+    (convops.conv_transpose2d, "scatter", (2, 5, 5, 3), (5, 5, 3, 4), 2, True, True),
+    (convops.conv_transpose2d, "subpixel", (2, 13, 13, 4), (6, 6, 4, 3), 2, False, True),
+    (convops.conv_transpose2d, "dense", (3, 1, 1, 5), (5, 5, 5, 4), 2, True, True),
+]
+
+
+@pytest.mark.parametrize(("op", "impl", "x_shape", "w_shape", "stride", "fwd_rounded",
+                          "dx_rounded"), BF16_CASES)
+def test_bfloat16_product_operands_equal_float32_products_of_rounded_operands(
+    op: Op, impl: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int,
+    fwd_rounded: bool, dx_rounded: bool,
+) -> None:
+    x, w, b = _inputs(x_shape, w_shape, jnp.float32)
+    g = _normal(jax.eval_shape(lambda: op(x, w, b, stride=stride, impl="lax")).shape, jnp.float32, 7)
+
+    @jax.jit
+    def run(x: jax.Array, w: jax.Array, b: jax.Array, g: jax.Array) -> tuple[jax.Array, ...]:
+        y, vjp = jax.vjp(lambda *a: op(*a, stride=stride, impl=impl, product_dtype="bfloat16"),
+                         x, w, b)
+        return (y, *vjp(g))
+
+    def reference(x: jax.Array, w: jax.Array, g: jax.Array) -> tuple[jax.Array, ...]:
+        y, vjp = jax.vjp(lambda *a: op(*a, stride=stride, impl="lax"), x, w, b)
+        return (y, *vjp(g))
+
+    got = run(x, w, b, g)
+    assert all(a.dtype == jnp.float32 for a in got)
+    rounded = reference(_round_bf16(x), _round_bf16(w), _round_bf16(g))
+    plain = reference(x, w, g)
+    # dx rounds w and g; dw rounds x and g; db is g summed (no product).
+    want = [rounded[0] if fwd_rounded else plain[0],
+            rounded[1] if dx_rounded else plain[1], rounded[2], plain[3]]
+    for name, a, r, p in zip(("y", "dx", "dw", "db"), got, want, plain, strict=True):
+        scale = float(jnp.max(jnp.abs(r)))
+        np.testing.assert_allclose(a, r, rtol=0, atol=2e-6 * scale, err_msg=name)
+        if r is not p:  # the rounding is visible: the check could fail
+            assert float(jnp.max(jnp.abs(p - r))) > 1e-4 * scale, name
+
+
+def test_product_dtype_rejects_bad_values() -> None:
+    x, w, b = jnp.zeros((1, 8, 8, 2)), jnp.zeros((4, 4, 2, 3)), jnp.zeros((3,))
+    with pytest.raises(ValueError, match=r'^product_dtype applies to the matrix-product forms, not impl="lax"$'):
+        convops.conv2d(x, w, b, impl="lax", product_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"^product_dtype must be a float dtype, got int8$"):
+        convops.conv_transpose2d(x, w.transpose(0, 1, 3, 2), b[:2], product_dtype="int8")
+    with pytest.raises(TypeError, match=r"^product_dtype must be None or a float dtype, got 'bf17'$"):
+        convops.conv2d(x, w, b, product_dtype="bf17")

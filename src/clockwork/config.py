@@ -31,7 +31,7 @@ from clockwork import _checks
 from clockwork.cells.registry import resolve
 from clockwork.hierarchy.clock import Clock
 from clockwork.losses.elbo import FREE_BITS, KL_BALANCE, check_kl_options
-from clockwork.nets import CONV_IMPLS, FRAME_SIZE, conv_layout
+from clockwork.nets import FRAME_SIZE, check_conv_options, conv_layout
 from clockwork.training import COMPUTE_DTYPES
 
 CellOptions = dict[str, Any]
@@ -248,17 +248,23 @@ class SpeedConfig(_Replace):
       conv_chunk: the conv nets run over this many frames at a time; ``None``: all.
       remat: recompute the scans' steps and the conv chunks in the backward pass.
       compute_dtype: ``bfloat16`` runs the training loss's products in bfloat16 on
-        bfloat16 copies of the float32 parameters (the only option that changes the
-        numbers); read by the training steps.
+        bfloat16 copies of the float32 parameters; read by the training steps.
+      conv_product_dtype: ``bfloat16`` gives the fast convolutions' matrix products
+        bfloat16 operands and float32 accumulation (with ``conv_impl="fast"``);
+        ``None``: float32.
+
+    ``compute_dtype`` and ``conv_product_dtype`` are the options that change the
+    numbers (docs/performance.md#bfloat16-conv-products).
     """
 
     conv_impl: str = "fast"
     conv_chunk: int | None = 50
     remat: bool = False
     compute_dtype: str = "float32"
+    conv_product_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        _checks.choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        check_conv_options(self.conv_impl, self.conv_product_dtype)
         if self.conv_chunk is not None:
             _checks.integer("conv_chunk", self.conv_chunk)
         _checks.flag("remat", self.remat)

@@ -27,8 +27,9 @@ backward pass; the patch matrices (up to K*K/4 times a layer's input or output, 
 layer runs, so apply these to bounded chunks of frames when memory matters.
 
 Shapes: ``x`` is ``(*batch, H, W, Cin)`` with at least one batch dimension, ``w`` is
-``(K, K, Cin, Cout)``, ``b`` is ``(Cout,)``. Any float dtype; the product runs in the
-inputs' dtype, like the lax reference.
+``(K, K, Cin, Cout)``, ``b`` is ``(Cout,)``. Any float dtype; the products run in the
+inputs' dtype, like the lax reference, unless ``product_dtype`` names another for their
+operands (bfloat16 on CPUs with AMX or AVX-512 BF16: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,14 +47,26 @@ TransposeImpl = Literal["lax", "subpixel", "scatter", "dense", "auto"]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def _matmul(p: jax.Array, w: jax.Array) -> jax.Array:
+def _cast(a: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """``a`` as a product operand: in ``dtype``, or unchanged when it is None."""
+    return a if dtype is None else a.astype(dtype)
+
+
+def _dot(a: jax.Array, b: jax.Array, dims, out: jnp.dtype) -> jax.Array:
+    """``lax.dot_general`` accumulating and returning ``out`` (the operands' own dtype
+    asks for nothing: the default product, bit for bit)."""
+    same = a.dtype == out and b.dtype == out
+    return lax.dot_general(a, b, dims, preferred_element_type=None if same else out)
+
+
+def _matmul(p: jax.Array, w: jax.Array, out: jnp.dtype) -> jax.Array:
     """(..., D) x (D, Cout) -> (..., Cout)."""
-    return lax.dot_general(p, w, (((p.ndim - 1,), (0,)), ((), ())))
+    return _dot(p, w, (((p.ndim - 1,), (0,)), ((), ())), out)
 
 
-def _outer(x: jax.Array, y: jax.Array) -> jax.Array:
+def _outer(x: jax.Array, y: jax.Array, out: jnp.dtype) -> jax.Array:
     """(N, H, W, D) x (N, H, W, E) -> (D, E), summed over N, H, W."""
-    return lax.dot_general(x, y, (((0, 1, 2), (0, 1, 2)), ((), ())))
+    return _dot(x, y, (((0, 1, 2), (0, 1, 2)), ((), ())), out)
 
 
 def _depth_to_space(x: jax.Array, s: int) -> jax.Array:
@@ -162,18 +175,20 @@ def _phases_to_output(phases: jax.Array, x_shape: tuple[int, ...], k: int, s: in
     return _depth_to_space(phases, s)[:, : s * (h - 1) + k, : s * (wd - 1) + k, :]
 
 
-def _transpose_subpixel(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+def _transpose_subpixel(x: jax.Array, w: jax.Array, s: int, dtype: jnp.dtype | None) -> jax.Array:
+    del dtype  # XLA's own convolution, in the inputs' dtype
     kb = -(-w.shape[0] // s)
     xp = jnp.pad(x, ((0, 0), (kb - 1, kb - 1), (kb - 1, kb - 1), (0, 0)))
     phases = _conv2d_lax(xp, _subpixel_kernel(w, s), 1)
     return _phases_to_output(phases, x.shape, w.shape[0], s)
 
 
-def _transpose_scatter(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+def _transpose_scatter(x: jax.Array, w: jax.Array, s: int, dtype: jnp.dtype | None) -> jax.Array:
     n, h, wd, _ = x.shape
     k, cout = w.shape[0], w.shape[3]
     kb = -(-k // s)
-    taps = _matmul(x, _scatter_kernel(w)).reshape(n, h, wd, k, k, cout)
+    taps = _matmul(_cast(x, dtype), _cast(_scatter_kernel(w), dtype), x.dtype)
+    taps = taps.reshape(n, h, wd, k, k, cout)
     phases = []
     for py in range(s):
         for px in range(s):
@@ -190,26 +205,35 @@ def _transpose_scatter(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
 _TRANSPOSE_FORWARD = {"subpixel": _transpose_subpixel, "scatter": _transpose_scatter}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose2d_fast(x: jax.Array, w: jax.Array, s: int, forward: str) -> jax.Array:
-    return _TRANSPOSE_FORWARD[forward](x, w, s)
+# ``dtype`` (None or a dtype, a non-differentiable argument) is the operands' dtype of
+# the matrix products. The residuals stay in the inputs' dtype: stacking bfloat16
+# copies over the conv chunks' loop was measured 2x slower in all (XLA:CPU fuses the
+# conversion into the stacking's dynamic-update-slice and runs that slowly).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose2d_fast(
+    x: jax.Array, w: jax.Array, s: int, forward: str, dtype: jnp.dtype | None
+) -> jax.Array:
+    return _TRANSPOSE_FORWARD[forward](x, w, s, dtype)
 
 
 def _conv_transpose2d_fast_fwd(
-    x: jax.Array, w: jax.Array, s: int, forward: str
+    x: jax.Array, w: jax.Array, s: int, forward: str, dtype: jnp.dtype | None
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _TRANSPOSE_FORWARD[forward](x, w, s), (x, w)
+    return _TRANSPOSE_FORWARD[forward](x, w, s, dtype), (x, w)
 
 
 def _conv_transpose2d_fast_bwd(
-    s: int, forward: str, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+    s: int, forward: str, dtype: jnp.dtype | None, residuals: tuple[jax.Array, jax.Array],
+    g: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
-    patches, blocked = _patches(g, k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
+    patches, blocked = _patches(_cast(g, dtype), k, s, x.shape[1], x.shape[2])  # (N, H, W, K*K*Cout)
     wm = _taps_to_rows(w[::-1, ::-1], s, blocked).transpose(1, 0, 2).reshape(cin, k * k * cout)
-    dx = lax.dot_general(patches, wm, (((3,), (1,)), ((), ())))
-    dw = _outer(x, patches).reshape(cin, k * k, cout).transpose(1, 0, 2)
+    dx = _dot(patches, _cast(wm, dtype), (((3,), (1,)), ((), ())), g.dtype)
+    dw = _outer(_cast(x, dtype), patches, w.dtype).reshape(cin, k * k, cout).transpose(1, 0, 2)
     return dx, _rows_to_taps(dw, k, s, blocked)[::-1, ::-1]
 
 
@@ -222,34 +246,36 @@ _conv_transpose2d_fast.defvjp(_conv_transpose2d_fast_fwd, _conv_transpose2d_fast
 # kernel, computed like the decoder's.
 
 
-def _conv2d_forward(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
+def _conv2d_forward(x: jax.Array, w: jax.Array, s: int, dtype: jnp.dtype | None) -> jax.Array:
     k, _, cin, cout = w.shape
     if not _blocked(cin, k, s):
         return _conv2d_lax(x, w, s)
     ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    return _matmul(_block_patches(x, k, s, ho, wo), _taps_to_rows(w, s, True).reshape(-1, cout))
+    wm = _taps_to_rows(w, s, True).reshape(-1, cout)
+    return _matmul(_block_patches(_cast(x, dtype), k, s, ho, wo), _cast(wm, dtype), x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv2d_fast(x: jax.Array, w: jax.Array, s: int) -> jax.Array:
-    return _conv2d_forward(x, w, s)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_fast(x: jax.Array, w: jax.Array, s: int, dtype: jnp.dtype | None) -> jax.Array:
+    return _conv2d_forward(x, w, s, dtype)
 
 
 def _conv2d_fast_fwd(
-    x: jax.Array, w: jax.Array, s: int
+    x: jax.Array, w: jax.Array, s: int, dtype: jnp.dtype | None
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv2d_forward(x, w, s), (x, w)
+    return _conv2d_forward(x, w, s, dtype), (x, w)
 
 
 def _conv2d_fast_bwd(
-    s: int, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+    s: int, dtype: jnp.dtype | None, residuals: tuple[jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
     k, _, cin, cout = w.shape
-    patches, blocked = _patches(x, k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
-    dw = _rows_to_taps(_outer(patches, g).reshape(k * k, cin, cout), k, s, blocked)
+    patches, blocked = _patches(_cast(x, dtype), k, s, g.shape[1], g.shape[2])  # (N, Ho, Wo, K*K*Cin)
+    dw = _outer(patches, _cast(g, dtype), w.dtype).reshape(k * k, cin, cout)
+    dw = _rows_to_taps(dw, k, s, blocked)
     wt = w[::-1, ::-1].transpose(0, 1, 3, 2)  # dx = conv_transpose(g, wt)
-    dx = _TRANSPOSE_FORWARD[_auto_forward(g.shape, wt.shape)](g, wt, s)
+    dx = _TRANSPOSE_FORWARD[_auto_forward(g.shape, wt.shape)](g, wt, s, dtype)
     pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
     return jnp.pad(dx, pad), dw
 
@@ -257,13 +283,43 @@ def _conv2d_fast_bwd(
 _conv2d_fast.defvjp(_conv2d_fast_fwd, _conv2d_fast_bwd)
 
 
-def _conv_transpose2d_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+def _conv_transpose2d_dense(x: jax.Array, w: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
     # A 1x1 input spreads over the whole K x K output: one product with the flipped kernel.
     n, h, wd, cin = x.shape
     if (h, wd) != (1, 1):
         raise ValueError(f'impl="dense" needs a 1x1 input, got {h}x{wd}')
     k, cout = w.shape[0], w.shape[3]
-    return _matmul(x.reshape(n, cin), _scatter_kernel(w)).reshape(n, k, k, cout)
+    x2, km = x.reshape(n, cin), _scatter_kernel(w)
+    y = _matmul(x2, km, x.dtype) if dtype is None else _low_product(x2, km, dtype)
+    return y.reshape(n, k, k, cout)
+
+
+# (N, D) x (D, M) with operands in ``dtype`` and the result and both gradients
+# accumulated in the inputs' dtype (autodiff of a cast product would round the
+# gradients to ``dtype``).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_product(a: jax.Array, b: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    return _matmul(_cast(a, dtype), _cast(b, dtype), a.dtype)
+
+
+def _low_product_fwd(
+    a: jax.Array, b: jax.Array, dtype: jnp.dtype
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _matmul(_cast(a, dtype), _cast(b, dtype), a.dtype), (a, b)
+
+
+def _low_product_bwd(
+    dtype: jnp.dtype, residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    a, b = _cast(residuals[0], dtype), _cast(residuals[1], dtype)
+    gc = _cast(g, dtype)
+    return (_dot(gc, b, (((1,), (1,)), ((), ())), g.dtype),
+            _dot(a, gc, (((0,), (0,)), ((), ())), g.dtype))
+
+
+_low_product.defvjp(_low_product_fwd, _low_product_bwd)
 
 
 # Per frame, the scatter form's product holds H*W*K*K*Cout values; up to this many it was
@@ -290,20 +346,46 @@ def _split_batch(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
     return x.reshape((-1, *x.shape[-3:])), x.shape[:-3]
 
 
+def _product_dtype(product_dtype: object, impl: str) -> jnp.dtype | None:
+    if product_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(product_dtype)
+    except TypeError:
+        raise TypeError(f"product_dtype must be None or a float dtype, got {product_dtype!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"product_dtype must be a float dtype, got {dtype}")
+    if impl == "lax":
+        raise ValueError('product_dtype applies to the matrix-product forms, not impl="lax"')
+    return dtype
+
+
 def conv2d(
-    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 2, impl: ConvImpl = "matmul"
+    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 2, impl: ConvImpl = "matmul",
+    product_dtype: jnp.dtype | str | None = None,
 ) -> jax.Array:
     """VALID convolution ``(*batch, H, W, Cin) -> (*batch, (H-K)//s+1, (W-K)//s+1, Cout)``.
 
     ``impl``: ``"lax"`` (reference) or ``"matmul"`` (the lax forward pass, or for at most
     4 input channels a product over patches; gradients as matrix products over patches;
-    reverse-mode differentiation only).
+    reverse-mode differentiation only). ``product_dtype`` (``"matmul"`` only), say
+    ``"bfloat16"``: the matrix products take operands rounded to it and accumulate in
+    the inputs' dtype; XLA's own convolutions (the forward pass above 4 channels, a
+    sub-pixel input gradient) stay in the inputs' dtype. None: the inputs' dtype.
+
+    Examples:
+      >>> x, w, b = jnp.ones((1, 8, 8, 2)), jnp.ones((4, 4, 2, 3)), jnp.zeros(3)
+      >>> conv2d(x, w, b).shape
+      (1, 3, 3, 3)
+      >>> float(conv2d(x, w * 1.001, b, product_dtype="bfloat16")[0, 0, 0, 0])  # 1.001 -> 1.0
+      32.0
     """
     xf, batch = _split_batch(x)
+    dtype = _product_dtype(product_dtype, impl)
     if impl == "lax":
         y = _conv2d_lax(xf, w, stride)
     elif impl == "matmul":
-        y = _conv2d_fast(xf, w, stride)
+        y = _conv2d_fast(xf, w, stride, dtype)
     else:
         raise ValueError(f"unknown impl {impl!r}")
     y = y + b.reshape(1, 1, 1, -1)
@@ -311,7 +393,8 @@ def conv2d(
 
 
 def conv_transpose2d(
-    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 2, impl: TransposeImpl = "auto"
+    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 2, impl: TransposeImpl = "auto",
+    product_dtype: jnp.dtype | str | None = None,
 ) -> jax.Array:
     """VALID transposed convolution ``(*batch, H, W, Cin) -> (*batch, s(H-1)+K, s(W-1)+K, Cout)``.
 
@@ -321,16 +404,24 @@ def conv_transpose2d(
     gradient's patches and reverse-mode only; ``"dense"`` (1x1 inputs only: one
     product); or ``"auto"``: ``"dense"`` for 1x1 inputs, ``"scatter"`` where its product
     holds at most 65536 values per frame (``H*W*K*K*Cout``), else ``"subpixel"``.
+    ``product_dtype``: as for ``conv2d`` (the sub-pixel forward pass is XLA's own
+    convolution and stays in the inputs' dtype).
+
+    Examples:
+      >>> x, w, b = jnp.ones((1, 1, 1, 2)), jnp.ones((5, 5, 2, 3)), jnp.zeros(3)
+      >>> conv_transpose2d(x, w, b).shape
+      (1, 5, 5, 3)
     """
     xf, batch = _split_batch(x)
     if impl == "auto":
         impl = _auto_transpose_impl(xf.shape, w.shape)
+    dtype = _product_dtype(product_dtype, impl)
     if impl == "lax":
         y = _conv_transpose2d_lax(xf, w, stride)
     elif impl in _TRANSPOSE_FORWARD:
-        y = _conv_transpose2d_fast(xf, w, stride, impl)
+        y = _conv_transpose2d_fast(xf, w, stride, impl, dtype)
     elif impl == "dense":
-        y = _conv_transpose2d_dense(xf, w)
+        y = _conv_transpose2d_dense(xf, w, dtype)
     else:
         raise ValueError(f"unknown impl {impl!r}")
     y = y + b.reshape(1, 1, 1, -1)

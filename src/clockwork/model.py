@@ -162,7 +162,8 @@ class CWVAE(nnx.Module):
         encoder = ConvEncoder(
             clock, frame_size=config.frame_size, channels=config.channels, channel_mult=config.channel_mult,
             filters=config.filters, dense_layers=config.enc_dense_layers,
-            dense_embed_size=config.enc_dense_embed_size, conv_impl=speed.conv_impl, rngs=rngs,
+            dense_embed_size=config.enc_dense_embed_size, conv_impl=speed.conv_impl,
+            conv_product_dtype=speed.conv_product_dtype, rngs=rngs,
         )
         hierarchy = build_hierarchy(
             config.cells(), clock, embed_size=encoder.embed_size,
@@ -171,7 +172,7 @@ class CWVAE(nnx.Module):
         decoder = ConvDecoder(
             hierarchy.cells[0].feature_size, frame_size=config.frame_size, channels=config.channels,
             channel_mult=config.channel_mult, filters=config.filters,
-            conv_impl=speed.conv_impl, rngs=rngs,
+            conv_impl=speed.conv_impl, conv_product_dtype=speed.conv_product_dtype, rngs=rngs,
         )
         return cls(
             encoder, hierarchy, decoder, dec_stddev=loss.dec_stddev, beta=loss.beta,

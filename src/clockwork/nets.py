@@ -6,6 +6,8 @@ Kernels are ``HWIO``; the
 transposed convolutions follow ``jax.lax.conv_transpose`` (Flax's ``ConvTranspose``).
 ``conv_impl="fast"`` (default) computes the same arithmetic as matrix products
 (``clockwork.convops``), far faster on the CPU; ``"lax"`` is the plain reference.
+``conv_product_dtype="bfloat16"`` (with ``"fast"``) gives those products bfloat16
+operands and float32 accumulation (docs/performance.md#bfloat16-conv-products).
 """
 
 from __future__ import annotations
@@ -35,25 +37,41 @@ FRAME_SIZE = (64, 64)
 MIN_SIDE = 32
 ConvImpl = Literal["fast", "lax"]
 CONV_IMPLS = ("fast", "lax")
+CONV_PRODUCT_DTYPES = (None, "bfloat16")
+"""The conv products' operand dtypes: None (the inputs' own) or ``"bfloat16"``."""
+
+
+def check_conv_options(conv_impl: object, conv_product_dtype: object) -> None:
+    """Raise unless ``conv_impl`` and ``conv_product_dtype`` are known and fit together."""
+    _checks.choice("conv_impl", conv_impl, CONV_IMPLS)
+    _checks.choice("conv_product_dtype", conv_product_dtype, CONV_PRODUCT_DTYPES)
+    if conv_product_dtype is not None and conv_impl != "fast":
+        raise ValueError(f'conv_product_dtype={conv_product_dtype!r} needs conv_impl="fast" '
+                         f"(the matrix-product convolutions), got conv_impl={conv_impl!r}")
 
 
 class _Conv(nnx.Module):
     """A stride-2 VALID convolution (or transposed convolution) with bias."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, transpose: bool, impl: ConvImpl, rngs: nnx.Rngs
+        self, cin: int, cout: int, kernel: int, transpose: bool, impl: ConvImpl,
+        product_dtype: str | None, rngs: nnx.Rngs,
     ):
         self.kernel = nnx.Param(glorot(rngs.params(), (kernel, kernel, cin, cout)))
         self.bias = nnx.Param(jnp.zeros((cout,)))
         self.transpose = transpose
         self.impl = impl
+        self.product_dtype = product_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, Cin) -> (N, H', W', Cout)``."""
         w, b = self.kernel[...], self.bias[...]
+        dtype = self.product_dtype
         if self.transpose:
-            return convops.conv_transpose2d(x, w, b, impl="auto" if self.impl == "fast" else "lax")
-        return convops.conv2d(x, w, b, impl="matmul" if self.impl == "fast" else "lax")
+            impl = "auto" if self.impl == "fast" else "lax"
+            return convops.conv_transpose2d(x, w, b, impl=impl, product_dtype=dtype)
+        impl = "matmul" if self.impl == "fast" else "lax"
+        return convops.conv2d(x, w, b, impl=impl, product_dtype=dtype)
 
 
 class ConvLayout(NamedTuple):
@@ -134,8 +152,8 @@ class ConvEncoder(nnx.Module):
 
     Raises:
       TypeError, ValueError: naming an argument that is not a positive int
-        (``dense_layers`` may be 0), a ``conv_impl`` or a ``frame_size``
-        (``conv_layout``).
+        (``dense_layers`` may be 0), a ``conv_impl`` or ``conv_product_dtype`` (the
+        latter needs ``"fast"``) or a ``frame_size`` (``conv_layout``).
     """
 
     def __init__(
@@ -151,6 +169,7 @@ class ConvEncoder(nnx.Module):
         activation: Activation = leaky_relu,
         dense_activation: Activation = jax.nn.relu,
         conv_impl: ConvImpl = "fast",
+        conv_product_dtype: str | None = None,
         rngs: nnx.Rngs,
     ):
         _checks.instance("clock", clock, Clock)
@@ -158,7 +177,7 @@ class ConvEncoder(nnx.Module):
                             ("filters", filters), ("dense_embed_size", dense_embed_size)):
             _checks.integer(name, value)
         _checks.integer("dense_layers", dense_layers, 0)
-        _checks.choice("conv_impl", conv_impl, CONV_IMPLS)
+        check_conv_options(conv_impl, conv_product_dtype)
         _checks.instance("rngs", rngs, nnx.Rngs)
         layout = conv_layout(frame_size)
         self.clock = clock
@@ -169,7 +188,8 @@ class ConvEncoder(nnx.Module):
         widths = [channels] + [filters * channel_mult * 2**i for i in range(layout.depth)]
         kernels = ENCODER_KERNELS[-layout.depth:]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, False, conv_impl, rngs) for i, k in enumerate(kernels)]
+            [_Conv(widths[i], widths[i + 1], k, False, conv_impl, conv_product_dtype, rngs)
+             for i, k in enumerate(kernels)]
         )
         self.embed_size = embed_size(filters, channel_mult, frame_size)
         stacks = []
@@ -227,7 +247,8 @@ class ConvDecoder(nnx.Module):
 
     Raises:
       TypeError, ValueError: naming an argument that is not a positive int, a
-        ``conv_impl`` or a ``frame_size`` (``conv_layout``).
+        ``conv_impl`` or ``conv_product_dtype`` (the latter needs ``"fast"``) or a
+        ``frame_size`` (``conv_layout``).
     """
 
     def __init__(
@@ -241,12 +262,13 @@ class ConvDecoder(nnx.Module):
         activation: Activation = leaky_relu,
         out_activation: Activation = jnp.tanh,
         conv_impl: ConvImpl = "fast",
+        conv_product_dtype: str | None = None,
         rngs: nnx.Rngs,
     ):
         for name, value in (("feature_size", feature_size), ("channels", channels),
                             ("channel_mult", channel_mult), ("filters", filters)):
             _checks.integer(name, value)
-        _checks.choice("conv_impl", conv_impl, CONV_IMPLS)
+        check_conv_options(conv_impl, conv_product_dtype)
         _checks.instance("rngs", rngs, nnx.Rngs)
         layout = conv_layout(frame_size)
         self.channels = channels
@@ -263,7 +285,8 @@ class ConvDecoder(nnx.Module):
         widths = [self.grid_channels, *inner, channels]
         kernels = DECODER_KERNELS[-layout.depth:]
         self.convs = nnx.List(
-            [_Conv(widths[i], widths[i + 1], k, True, conv_impl, rngs) for i, k in enumerate(kernels)]
+            [_Conv(widths[i], widths[i + 1], k, True, conv_impl, conv_product_dtype, rngs)
+             for i, k in enumerate(kernels)]
         )
 
     def __call__(self, features: jax.Array) -> jax.Array:
