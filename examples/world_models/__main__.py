@@ -9,6 +9,7 @@ docs/tutorials/world_models.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable
@@ -38,6 +39,12 @@ STAGES: dict[str, Callable[[pathlib.Path, Preset, tuple[str, ...]], object]] = {
 }
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="world_models", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
@@ -45,15 +52,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--mode", choices=(*controller.MODES, "both"), default="both",
                         help="train-controller: in the real environment, in the dream, or both")
+    parser.add_argument("--generations", type=_positive, default=None,
+                        help="train-controller: CMA-ES generations instead of the preset's "
+                             "(a finished run continues to them)")
     args = parser.parse_args(argv)
     modes = controller.MODES if args.mode == "both" else (args.mode,)
+    preset = PRESETS[args.preset]
+    if args.generations is not None:
+        preset = dataclasses.replace(preset, controller=dataclasses.replace(
+            preset.controller, generations=args.generations))
     for stage in STAGES if args.stage == "all" else (args.stage,):
         args.run.mkdir(parents=True, exist_ok=True)
         if stage == "train-controller":  # timed per mode
-            _controllers(args.run, PRESETS[args.preset], modes)
+            _controllers(args.run, preset, modes)
         else:
             with fileio.timed(args.run / TIMES_FILE, stage):
-                STAGES[stage](args.run, PRESETS[args.preset], modes)
+                STAGES[stage](args.run, preset, modes)
 
 
 if __name__ == "__main__":

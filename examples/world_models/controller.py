@@ -47,6 +47,7 @@ from world_models.presets import Preset
 
 MODES = ("real", "dream")
 EVAL_SEED = 1_000_000  # evaluation episodes' seeds start here, apart from training's
+STEP_COST = 0.1  # CarRacing's reward per step: -0.1, plus 1000 / tiles for each new tile
 
 
 def squash(raw: jax.Array) -> jax.Array:
@@ -102,10 +103,12 @@ class Agent:
                    memory.load_memory(run, preset.mdnrnn, preset.vae.latent_size),
                    preset.controller.max_steps, preset.collect.hold)
 
-    def episode(self, params: np.ndarray | None, seed: int, keep_frames: bool = False
-                ) -> tuple[float, list[np.ndarray]]:
+    def episode(self, params: np.ndarray | None, seed: int, keep_frames: bool = False,
+                patience: int | None = None) -> tuple[float, list[np.ndarray]]:
         """The return of one episode (``params`` None: the collect stage's random policy)
-        and, with ``keep_frames``, its 96x96 frames."""
+        and, with ``keep_frames``, its 96x96 frames. With ``patience`` the episode ends
+        after that many steps in a row without a new tile (a step's reward > 0), and the
+        steps left count ``-STEP_COST`` each, as they would without a new tile."""
         import gymnasium
 
         env = gymnasium.make(collect.ENV_ID, max_episode_steps=self.max_steps)
@@ -113,7 +116,7 @@ class Agent:
         carry = self.memory.cell.initial_state(1)
         key = jax.random.key(seed)
         randoms = collect.random_actions(np.random.default_rng([seed, 1]), self.max_steps, self.hold)
-        total, frames = 0.0, []
+        total, frames, stalled = 0.0, [], 0
         for t in range(self.max_steps):
             if keep_frames:
                 frames.append(observation)
@@ -127,6 +130,10 @@ class Agent:
             total += float(reward)
             if terminated or truncated:
                 break
+            stalled = 0 if reward > 0 else stalled + 1
+            if patience is not None and stalled >= patience:
+                total -= STEP_COST * (self.max_steps - 1 - t)
+                break
         env.close()
         return total, frames
 
@@ -139,15 +146,16 @@ def _init_worker(run: pathlib.Path, preset: Preset) -> None:
     _AGENT = Agent.from_run(run, preset)
 
 
-def _episode_return(task: tuple[np.ndarray | None, int]) -> float:
+def _episode_return(task: tuple[np.ndarray | None, int, int | None]) -> float:
     assert _AGENT is not None
-    return _AGENT.episode(*task)[0]
+    params, seed, patience = task
+    return _AGENT.episode(params, seed, patience=patience)[0]
 
 
 @contextlib.contextmanager
 def episode_runner(run: pathlib.Path, preset: Preset
-                   ) -> Iterator[Callable[[list[tuple[np.ndarray | None, int]]], list[float]]]:
-    """A function from ``(params, seed)`` episodes to their returns, run by
+                   ) -> Iterator[Callable[[list[tuple[np.ndarray | None, int, int | None]]], list[float]]]:
+    """A function from ``(params, seed, patience)`` episodes to their returns, run by
     ``preset.controller.workers`` processes that live as long as the block (each loads
     the models once), or in this process when ``workers`` is 1."""
     workers = preset.controller.workers
@@ -238,7 +246,7 @@ def train_controller(run: pathlib.Path, preset: Preset, mode: str) -> np.ndarray
             returns_of = stack.enter_context(episode_runner(run, preset))
 
             def score(population: np.ndarray, seeds: list[int]) -> np.ndarray:
-                tasks = [(x, s) for x in population for s in seeds]
+                tasks = [(x, s, c.patience) for x in population for s in seeds]
                 return np.asarray(returns_of(tasks)).reshape(len(population), -1).mean(axis=1)
         else:
             model = memory.load_memory(run, preset.mdnrnn, preset.vae.latent_size, c.temperature)
@@ -290,7 +298,8 @@ def evaluate(run: pathlib.Path, preset: Preset) -> dict[str, Any]:
     results = {}
     agent = Agent.from_run(run, preset)
     with episode_runner(run, preset) as returns_of:
-        returns = {name: returns_of([(params, s) for s in seeds]) for name, params in policies.items()}
+        returns = {name: returns_of([(params, s, None) for s in seeds])
+                   for name, params in policies.items()}
     for name, params in policies.items():
         results[name] = score_summary(returns[name])
         _, frames = agent.episode(params, seeds[0], keep_frames=True)

@@ -95,6 +95,9 @@ class ControllerPreset:
       temperature: the dream's sampling temperature (1.15, the original's for Doom).
       dream_steps: steps per dreamed episode.
       eval_episodes: real episodes of the ``evaluate`` stage (100 in the paper).
+      patience: a real training episode ends after this many steps in a row without a
+        new track tile, scored as if none followed (each step left costs 0.1); ``None``
+        (the original): episodes run to the end. Evaluation never cuts.
       seed: CMA-ES and the episodes' seeds.
     """
 
@@ -107,6 +110,7 @@ class ControllerPreset:
     temperature: float = 1.15
     dream_steps: int = 1000
     eval_episodes: int = 100
+    patience: int | None = None
     seed: int = 0
 
 
@@ -131,7 +135,7 @@ PRESETS = {
                     VaePreset(steps=3000, ckpt_every=250),
                     MdnRnnPreset(steps=2000, ckpt_every=250),
                     ControllerPreset(population=16, rollouts=2, generations=20, max_steps=500,
-                                     dream_steps=500, eval_episodes=20)),
+                                     dream_steps=500, eval_episodes=20, patience=100)),
     "paper": Preset(CollectPreset(rollouts=10_000, max_steps=1000, shard_episodes=100, workers=2),
                     VaePreset(steps=10 * 10_000 * 1000 // 100, ckpt_every=5000),  # 10 epochs
                     MdnRnnPreset(seq_len=999, batch_size=100, steps=20_000, ckpt_every=1000),

@@ -312,3 +312,28 @@ def test_world_models_real_controller_and_evaluation(trained, tmp_path):
         assert r["mean"] == pytest.approx(np.mean(r["returns"]), abs=0.01)
     assert json.loads((run / "evaluation.json").read_text())["real"]["mean"] == results["real"]["mean"]
     assert (run / "episode-real.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_world_models_a_stalled_training_episode_ends_scored_as_if_run_to_the_end(trained):
+    preset = dataclasses.replace(PRESET_TINY, controller=dataclasses.replace(CONTROLLER_TINY, max_steps=60))
+    agent = controller.Agent.from_run(trained, preset)
+    still = np.zeros(controller.parameter_count(4, 8), np.float32)
+    still[-3:] = [0.0, -10.0, 10.0]  # no gas, full brake: no new tile after the start
+    full, frames_full = agent.episode(still, 3, keep_frames=True)
+    cut, frames_cut = agent.episode(still, 3, keep_frames=True, patience=10)
+    assert len(frames_full) == 60 and 10 <= len(frames_cut) < 30
+    assert cut == pytest.approx(full, abs=1e-6)  # each step left: -0.1, as it earned
+
+
+def test_world_models_generations_flag_overrides_the_preset(tmp_path, monkeypatch, capsys):
+    from world_models.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(controller, "train_controller",
+                        lambda run, preset, mode: seen.append((preset.controller.generations, mode)))
+    main(["train-controller", "--run", str(tmp_path), "--preset", "smoke", "--mode", "dream",
+          "--generations", "7"])
+    assert seen == [(7, "dream")]
+    with pytest.raises(SystemExit):
+        main(["train-controller", "--run", str(tmp_path), "--generations", "0"])
+    assert "--generations: must be a positive int, got '0'" in capsys.readouterr().err
