@@ -100,12 +100,17 @@ def add_step_arguments(parser: argparse.ArgumentParser, steps: int, steps_help: 
                              "as JSON, else kept as strings)")
 
 
+def initial_state(p: Preset, optimizer):
+    """``(graphdef, state)``: the train state of ``p``'s model initialised with key 0."""
+    return init_train_state(build(p), optimizer, jax.random.key(0))
+
+
 def train_step_setup(p: Preset, batch: int, seq_len: int):
     """``(optimizer, graphdef, state, step, frames)``: ``p``'s optimiser, its train state
     initialised with key 0, its jitted training step (``p.speed.compute_dtype``) and a
     ``(batch, seq_len, 64, 64, C)`` batch of random ``uint8`` frames (NumPy seed 0)."""
     optimizer = make_optimizer(**dataclasses.asdict(p.optim))
-    graphdef, state = init_train_state(build(p), optimizer, jax.random.key(0))
+    graphdef, state = initial_state(p, optimizer)
     step = make_train_step(graphdef, optimizer, compute_dtype=p.speed.compute_dtype)
     frames = jnp.asarray(np.random.default_rng(0).integers(
         0, 256, (batch, seq_len, 64, 64, p.model.channels), dtype=np.uint8))

@@ -36,7 +36,7 @@ from flax import nnx
 import benchlib
 import cpuinfo
 from gemm import numpy_gflops, xla_gflops
-from clockwork.training import init_train_state, make_loss_fn, make_train_step
+from clockwork.training import make_loss_fn, make_train_step
 from host import hugepage_malloc_requested, restart_with_hugepage_malloc
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     del state, metrics
     # The references start from the initial state, rebuilt (the same key): a copy held
     # through the steps would count in their peak.
-    _, state0 = init_train_state(benchlib.build(cfg), opt, jax.random.key(0))
+    _, state0 = benchlib.initial_state(cfg, opt)
 
     # The plain computation: float32, lax convolutions, all frames at once, no remat.
     plain_graphdef = nnx.graphdef(nnx.eval_shape(lambda: benchlib.build(cfg, benchlib.PLAIN)))
